@@ -1,0 +1,461 @@
+//! The key set: SHA-256 digests of the accepted tokens, and the one guard that
+//! checks a request's credential against them.
+//!
+//! # Why this is timing-safe
+//!
+//! A presented token is hashed once with SHA-256 and its digest selects the key
+//! in a hash map. Equality of two digests is decided by [`subtle`]'s
+//! constant-time comparison (see the `PartialEq` impl of [`Digest`]), so the
+//! only secret-dependent comparison ever made is between *digests*:
+//!
+//! * The plain-text token is never compared with anything, so the position of
+//!   the first differing byte, or a difference in length, cannot show in the
+//!   response time.
+//! * What an attacker could at best learn from timing is where a digest of
+//!   their choosing lands in the table — a function of SHA-256 output, which
+//!   tells nothing about a preimage (the secret).
+//! * The cost of a check is one SHA-256 of the presented token plus one map
+//!   probe: it does not grow with the number of configured keys.
+//!
+//! The map hashes a digest by taking its first eight bytes. SHA-256 output is
+//! uniform, and a client can only *look up* digests, never insert them, so a
+//! client cannot lengthen any probe sequence (no hash-flooding).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::Arc;
+
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
+
+/// A SHA-256 digest of a token. Equality is constant-time.
+#[derive(Clone, Copy, Eq)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    /// Hashes a token.
+    pub fn of(token: &[u8]) -> Self {
+        Digest(Sha256::digest(token).into())
+    }
+
+    /// Wraps raw digest bytes (from a `sha256:<hex>` key line).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Digest(bytes)
+    }
+
+    /// The lowercase hex form, as written in a key file after `sha256:`.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl PartialEq for Digest {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Hash for Digest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(prefix));
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A digest is not the secret, but there is no reason to print it either.
+        f.write_str("Digest(..)")
+    }
+}
+
+/// Hasher for [`Digest`] keys: the digest is already uniformly distributed.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if something other than `Digest` is hashed; stay correct.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Where a key came from, for start-up logs and error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// The built-in demo key (`mysecrettoken`).
+    Demo,
+    /// The `TOKENGATE_TOKEN` environment variable.
+    Env,
+    /// A key file, with the 1-based line number.
+    File {
+        /// The file's path as given.
+        path: String,
+        /// The line number of the key.
+        line: usize,
+    },
+}
+
+/// One accepted key: its digest and its label (logs name the label, never the token).
+#[derive(Clone)]
+pub struct Key {
+    digest: Digest,
+    label: Arc<str>,
+    source: KeySource,
+}
+
+impl Key {
+    /// Builds a key from its digest.
+    pub fn new(digest: Digest, label: impl Into<Arc<str>>, source: KeySource) -> Self {
+        Key {
+            digest,
+            label: label.into(),
+            source,
+        }
+    }
+
+    /// The key's label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Where the key was configured.
+    pub fn source(&self) -> &KeySource {
+        &self.source
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Key")
+            .field("label", &self.label)
+            .field("digest", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Index of a key in its [`KeySet`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyId(usize);
+
+/// The set of accepted keys, stored only as SHA-256 digests.
+#[derive(Clone, Default)]
+pub struct KeySet {
+    by_digest: HashMap<Digest, KeyId, BuildHasherDefault<DigestHasher>>,
+    keys: Vec<Key>,
+}
+
+/// Why a key could not be added to a [`KeySet`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertError {
+    /// The same secret is already configured; holds the earlier key's source.
+    DuplicateKey(KeySource),
+    /// The label is already used; holds the earlier key's source.
+    DuplicateLabel(KeySource),
+}
+
+impl KeySet {
+    /// An empty key set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a key. Digests and labels must be unique.
+    pub fn insert(&mut self, key: Key) -> Result<KeyId, InsertError> {
+        if let Some(id) = self.by_digest.get(&key.digest) {
+            return Err(InsertError::DuplicateKey(self.keys[id.0].source.clone()));
+        }
+        if let Some(other) = self.keys.iter().find(|k| k.label == key.label) {
+            return Err(InsertError::DuplicateLabel(other.source.clone()));
+        }
+        let id = KeyId(self.keys.len());
+        self.by_digest.insert(key.digest, id);
+        self.keys.push(key);
+        Ok(id)
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when no key is configured.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The keys, in the order they were configured.
+    pub fn keys(&self) -> &[Key] {
+        &self.keys
+    }
+
+    /// The key with this id.
+    pub fn key(&self, id: KeyId) -> &Key {
+        &self.keys[id.0]
+    }
+
+    /// Checks a presented token: one SHA-256, one map probe, constant-time equality.
+    pub fn verify(&self, token: &[u8]) -> Option<KeyId> {
+        self.by_digest.get(&Digest::of(token)).copied()
+    }
+
+    /// The guard: extracts the credential from `headers` and checks it.
+    ///
+    /// `token_header` (default `X-Token`) wins when present; otherwise
+    /// `Authorization: Bearer <token>` is used. Two or more fields of the
+    /// header that carries the credential are always [`Outcome::Invalid`].
+    pub fn check(&self, headers: &HeaderMap, token_header: &HeaderName) -> Outcome {
+        match credential(headers, token_header) {
+            Credential::Missing => Outcome::Missing,
+            Credential::Invalid => Outcome::Invalid,
+            Credential::Token(token) => match self.verify(token) {
+                Some(id) => Outcome::Valid(id),
+                None => Outcome::Invalid,
+            },
+        }
+    }
+}
+
+impl fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeySet")
+            .field(
+                "labels",
+                &self.keys.iter().map(Key::label).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// The result of the guard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A configured key was presented.
+    Valid(KeyId),
+    /// No credential was presented.
+    Missing,
+    /// A credential was presented and is wrong (or ambiguous: repeated fields).
+    Invalid,
+}
+
+enum Credential<'a> {
+    Missing,
+    Invalid,
+    Token(&'a [u8]),
+}
+
+fn credential<'a>(headers: &'a HeaderMap, token_header: &HeaderName) -> Credential<'a> {
+    let mut values = headers.get_all(token_header).iter();
+    match (values.next(), values.next()) {
+        (Some(_), Some(_)) => return Credential::Invalid,
+        (Some(value), None) => {
+            let token = trim_ows(value.as_bytes());
+            return if token.is_empty() {
+                Credential::Invalid
+            } else {
+                Credential::Token(token)
+            };
+        }
+        (None, _) => {}
+    }
+
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Credential::Missing,
+        (Some(_), Some(_)) => Credential::Invalid,
+        (Some(value), None) => bearer(value.as_bytes()),
+    }
+}
+
+/// Parses `Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1). Another
+/// scheme is not a bearer credential at all, so it counts as missing.
+fn bearer(value: &[u8]) -> Credential<'_> {
+    let value = trim_ows(value);
+    const SCHEME: &[u8] = b"bearer";
+    if value.len() < SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        return Credential::Missing;
+    }
+    let rest = &value[SCHEME.len()..];
+    if rest.is_empty() {
+        return Credential::Invalid;
+    }
+    if rest[0] != b' ' {
+        // e.g. "Bearerx": a different scheme name.
+        return Credential::Missing;
+    }
+    let token = trim_ows(rest);
+    if token.is_empty() {
+        Credential::Invalid
+    } else {
+        Credential::Token(token)
+    }
+}
+
+/// Strips optional whitespace (SP / HTAB, RFC 9110 §5.6.3) from both ends.
+fn trim_ows(mut bytes: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = bytes {
+        bytes = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = bytes {
+        bytes = rest;
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http::HeaderValue;
+
+    const X_TOKEN: HeaderName = HeaderName::from_static("x-token");
+
+    fn set(tokens: &[&str]) -> KeySet {
+        let mut set = KeySet::new();
+        for (i, t) in tokens.iter().enumerate() {
+            set.insert(Key::new(
+                Digest::of(t.as_bytes()),
+                format!("key-{}", i + 1),
+                KeySource::Env,
+            ))
+            .unwrap();
+        }
+        set
+    }
+
+    fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn verify_finds_only_configured_keys() {
+        let keys = set(&["alpha", "beta"]);
+        assert_eq!(keys.verify(b"beta"), Some(KeyId(1)));
+        assert_eq!(keys.verify(b"alpha"), Some(KeyId(0)));
+        assert_eq!(keys.verify(b"alphA"), None);
+        assert_eq!(keys.verify(b""), None);
+        assert_eq!(keys.key(KeyId(1)).label(), "key-2");
+    }
+
+    #[test]
+    fn duplicates_are_rejected() {
+        let mut keys = set(&["alpha"]);
+        let dup = Key::new(Digest::of(b"alpha"), "other", KeySource::Demo);
+        assert_eq!(
+            keys.insert(dup),
+            Err(InsertError::DuplicateKey(KeySource::Env))
+        );
+        let dup = Key::new(Digest::of(b"beta"), "key-1", KeySource::Demo);
+        assert_eq!(
+            keys.insert(dup),
+            Err(InsertError::DuplicateLabel(KeySource::Env))
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let keys = set(&["supersecret"]);
+        let shown = format!("{keys:?} {:?}", keys.keys());
+        assert!(!shown.contains("supersecret"));
+        assert!(!shown.contains(&Digest::of(b"supersecret").to_hex()));
+        assert!(shown.contains("key-1"));
+    }
+
+    #[test]
+    fn guard_rules() {
+        let keys = set(&["s3cret"]);
+        let check = |pairs: &[(&str, &[u8])]| keys.check(&headers(pairs), &X_TOKEN);
+        assert_eq!(check(&[]), Outcome::Missing);
+        assert_eq!(check(&[("x-token", b"s3cret")]), Outcome::Valid(KeyId(0)));
+        assert_eq!(
+            check(&[("x-token", b" \ts3cret\t ")]),
+            Outcome::Valid(KeyId(0))
+        );
+        assert_eq!(check(&[("x-token", b"wrong")]), Outcome::Invalid);
+        assert_eq!(check(&[("x-token", b"")]), Outcome::Invalid);
+        assert_eq!(
+            check(&[("x-token", b"s3cret"), ("x-token", b"bad")]),
+            Outcome::Invalid
+        );
+        assert_eq!(
+            check(&[("x-token", b"bad"), ("x-token", b"s3cret")]),
+            Outcome::Invalid
+        );
+        assert_eq!(
+            check(&[("x-token", b"s3cret"), ("x-token", b"s3cret")]),
+            Outcome::Invalid
+        );
+        assert_eq!(
+            check(&[("authorization", b"Bearer s3cret")]),
+            Outcome::Valid(KeyId(0))
+        );
+        assert_eq!(
+            check(&[("authorization", b"bEaReR   s3cret ")]),
+            Outcome::Valid(KeyId(0))
+        );
+        assert_eq!(
+            check(&[("authorization", b"Bearer wrong")]),
+            Outcome::Invalid
+        );
+        assert_eq!(check(&[("authorization", b"Bearer")]), Outcome::Invalid);
+        assert_eq!(check(&[("authorization", b"Bearer  ")]), Outcome::Invalid);
+        assert_eq!(
+            check(&[("authorization", b"Basic czNjcmV0")]),
+            Outcome::Missing
+        );
+        assert_eq!(
+            check(&[("authorization", b"Bearers3cret")]),
+            Outcome::Missing
+        );
+        assert_eq!(
+            check(&[
+                ("authorization", b"Bearer s3cret"),
+                ("authorization", b"Bearer s3cret")
+            ]),
+            Outcome::Invalid
+        );
+        // X-Token wins over Bearer, whichever is right.
+        assert_eq!(
+            check(&[("x-token", b"wrong"), ("authorization", b"Bearer s3cret")]),
+            Outcome::Invalid
+        );
+        assert_eq!(
+            check(&[("x-token", b"s3cret"), ("authorization", b"Bearer wrong")]),
+            Outcome::Valid(KeyId(0))
+        );
+        // obs-text bytes are just a wrong key.
+        assert_eq!(check(&[("x-token", b"s3cr\xffet")]), Outcome::Invalid);
+    }
+
+    #[test]
+    fn many_keys_all_found() {
+        let tokens: Vec<String> = (0..10_000).map(|i| format!("token-{i}")).collect();
+        let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let keys = set(&refs);
+        for (i, t) in tokens.iter().enumerate() {
+            assert_eq!(keys.verify(t.as_bytes()), Some(KeyId(i)));
+        }
+        assert_eq!(keys.verify(b"token-10000"), None);
+    }
+}

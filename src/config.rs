@@ -1,0 +1,547 @@
+//! Raw command-line arguments and environment → a validated, typed [`Config`].
+//!
+//! Parsing is one pure step: [`Config::from_args`] takes the parsed [`Args`]
+//! and the value of `TOKENGATE_TOKEN` as inputs and reads only the key file it
+//! names, so tests build configurations without touching the process
+//! environment. Secrets never appear in an error message.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use http::HeaderName;
+
+use crate::auth::{Digest, InsertError, Key, KeySet, KeySource};
+use crate::routes::AppConfig;
+use crate::server::Limits;
+
+/// The token used when no key source is configured.
+pub const DEMO_TOKEN: &str = "mysecrettoken";
+
+/// The environment variable that holds one token.
+pub const TOKEN_ENV: &str = "TOKENGATE_TOKEN";
+
+/// tokengate: a low-overhead, token-protected HTTP server.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "tokengate", version, about, long_about = None)]
+pub struct Args {
+    /// A subcommand; without one, the server runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Address to listen on (IPv4 or IPv6; port 0 picks a free port).
+    #[arg(
+        long,
+        env = "TOKENGATE_LISTEN",
+        default_value = "127.0.0.1:8000",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+
+    /// Key file: one key per line, `TOKEN` or `sha256:<64 hex>`, optionally
+    /// followed by whitespace and a label; `#` comments and blank lines ignored.
+    #[arg(long, env = "TOKENGATE_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// Header that carries the token (`Authorization: Bearer` is also accepted).
+    #[arg(
+        long,
+        env = "TOKENGATE_TOKEN_HEADER",
+        default_value = "X-Token",
+        value_name = "NAME"
+    )]
+    pub token_header: String,
+
+    /// Realm named in the `WWW-Authenticate` challenge of a 401.
+    #[arg(
+        long,
+        env = "TOKENGATE_REALM",
+        default_value = "tokengate",
+        value_name = "REALM"
+    )]
+    pub realm: String,
+
+    /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
+    #[arg(long, env = "TOKENGATE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_timeout: Duration,
+
+    /// Most connections served at once; past it, new ones wait in the kernel backlog.
+    #[arg(long, env = "TOKENGATE_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N")]
+    pub max_connections: u32,
+
+    /// Time allowed from accept (or the first byte of a request) to a complete request head.
+    #[arg(long, env = "TOKENGATE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub header_read_timeout: Duration,
+
+    /// An idle keep-alive connection (no request in progress) is closed after this long.
+    #[arg(long, env = "TOKENGATE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Read a token on stdin and print its `sha256:` key-file line.
+    HashToken,
+}
+
+/// Parses `10s`, `500ms`, `2m`, … (humantime); zero is refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (write durations like 10s, 500ms or 2m)"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(d)
+}
+
+/// The validated configuration of a server run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// The accepted keys.
+    pub keys: KeySet,
+    /// True when no key source was configured and the demo key is in use.
+    pub demo_key: bool,
+    /// Token header and realm.
+    pub app: AppConfig,
+    /// Connection limits and timeouts.
+    pub limits: Limits,
+}
+
+/// A configuration problem, reported before the server binds (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `TOKENGATE_TOKEN` set but unusable.
+    #[error("{TOKEN_ENV}: {0}")]
+    EnvToken(TokenProblem),
+    /// The key file could not be read.
+    #[error("--token-file {path}: cannot read the file: {source}")]
+    FileRead {
+        /// The path as given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A line of the key file is wrong.
+    #[error("--token-file {path}, line {line}: {problem}")]
+    FileLine {
+        /// The path as given.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong (never the secret itself).
+        problem: LineProblem,
+    },
+    /// The key file holds no key.
+    #[error("--token-file {0}: the file holds no key (only comments or blank lines)")]
+    FileEmpty(String),
+    /// The token header name is not a valid header name.
+    #[error("--token-header {0:?}: not a valid HTTP header name")]
+    TokenHeader(String),
+    /// The realm cannot go into a header.
+    #[error("--realm {0:?}: {1}")]
+    Realm(String, crate::responses::InvalidRealm),
+}
+
+/// What is wrong with a token (the token itself is never shown).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenProblem {
+    /// Empty, or only whitespace.
+    #[error("the token is empty")]
+    Empty,
+    /// Not valid UTF-8.
+    #[error("the token is not valid UTF-8")]
+    NotUtf8,
+    /// A byte outside visible ASCII.
+    #[error(
+        "the token has a space, control or non-ASCII character at position {0}; tokens are visible ASCII (0x21-0x7E)"
+    )]
+    BadChar(usize),
+    /// Too long to be sent in a header.
+    #[error("the token is longer than 4096 bytes")]
+    TooLong,
+}
+
+/// What is wrong with a key-file line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineProblem {
+    /// The token is unusable.
+    #[error("{0}")]
+    Token(TokenProblem),
+    /// `sha256:` not followed by 64 hex digits.
+    #[error("after 'sha256:' there must be exactly 64 hex digits")]
+    BadDigest,
+    /// The label is not a single word of `[A-Za-z0-9._:@/-]`.
+    #[error("the label must be one word of letters, digits and . _ : @ / - (at most 64)")]
+    BadLabel,
+    /// The same secret appears twice.
+    #[error("duplicate key: the same token as {0}")]
+    DuplicateKey(String),
+    /// The label appears twice.
+    #[error("duplicate label: already used by {0}")]
+    DuplicateLabel(String),
+}
+
+/// Checks that a token can be sent in a header and compared byte for byte.
+pub fn validate_token(token: &str) -> Result<(), TokenProblem> {
+    if token.trim().is_empty() {
+        return Err(TokenProblem::Empty);
+    }
+    if token.len() > 4096 {
+        return Err(TokenProblem::TooLong);
+    }
+    if let Some(pos) = token.bytes().position(|b| !(0x21..=0x7e).contains(&b)) {
+        return Err(TokenProblem::BadChar(pos + 1));
+    }
+    Ok(())
+}
+
+fn valid_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 64
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:@/-".contains(&b))
+}
+
+fn describe(source: &KeySource) -> String {
+    match source {
+        KeySource::Demo => "the demo key".to_owned(),
+        KeySource::Env => TOKEN_ENV.to_owned(),
+        KeySource::File { line, .. } => format!("line {line}"),
+    }
+}
+
+/// Parses a key file's text into `keys`. `path` is only used in messages.
+pub fn parse_key_file(text: &str, path: &str, keys: &mut KeySet) -> Result<(), ConfigError> {
+    let before = keys.len();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let err = |problem| ConfigError::FileLine {
+            path: path.to_owned(),
+            line,
+            problem,
+        };
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let mut words = trimmed.split_whitespace();
+        // `trimmed` is non-empty and has no leading whitespace: a first word exists.
+        let secret = words.next().unwrap_or_default();
+        let label = match (words.next(), words.next()) {
+            (None, _) => format!("key-{}", keys.len() + 1),
+            (Some(label), None) if valid_label(label) => label.to_owned(),
+            _ => return Err(err(LineProblem::BadLabel)),
+        };
+        let digest = match secret.strip_prefix("sha256:") {
+            Some(hex_digits) => {
+                let mut bytes = [0u8; 32];
+                hex::decode_to_slice(hex_digits, &mut bytes)
+                    .map_err(|_| err(LineProblem::BadDigest))?;
+                Digest::from_bytes(bytes)
+            }
+            None => {
+                validate_token(secret).map_err(|p| err(LineProblem::Token(p)))?;
+                Digest::of(secret.as_bytes())
+            }
+        };
+        let source = KeySource::File {
+            path: path.to_owned(),
+            line,
+        };
+        keys.insert(Key::new(digest, label, source))
+            .map_err(|e| match e {
+                InsertError::DuplicateKey(other) => {
+                    err(LineProblem::DuplicateKey(describe(&other)))
+                }
+                InsertError::DuplicateLabel(other) => {
+                    err(LineProblem::DuplicateLabel(describe(&other)))
+                }
+            })?;
+    }
+    if keys.len() == before {
+        return Err(ConfigError::FileEmpty(path.to_owned()));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Validates parsed arguments. `env_token` is the value of `TOKENGATE_TOKEN`, if set.
+    pub fn from_args(args: &Args, env_token: Option<OsString>) -> Result<Config, ConfigError> {
+        let mut keys = KeySet::new();
+        if let Some(raw) = env_token {
+            let token = raw
+                .into_string()
+                .map_err(|_| ConfigError::EnvToken(TokenProblem::NotUtf8))?;
+            validate_token(&token).map_err(ConfigError::EnvToken)?;
+            let key = Key::new(Digest::of(token.as_bytes()), "env", KeySource::Env);
+            // The set is empty: the first insert cannot collide.
+            keys.insert(key)
+                .expect("the first key of an empty set is unique");
+        }
+        if let Some(path) = &args.token_file {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::FileRead {
+                path: shown.clone(),
+                source,
+            })?;
+            parse_key_file(&text, &shown, &mut keys)?;
+        }
+        let demo_key = keys.is_empty();
+        if demo_key {
+            let key = Key::new(Digest::of(DEMO_TOKEN.as_bytes()), "demo", KeySource::Demo);
+            keys.insert(key)
+                .expect("the first key of an empty set is unique");
+        }
+
+        let token_header = HeaderName::try_from(args.token_header.trim())
+            .map_err(|_| ConfigError::TokenHeader(args.token_header.clone()))?;
+        let app = AppConfig {
+            token_header,
+            realm: args.realm.clone(),
+        };
+        crate::responses::Responses::new(&app.realm)
+            .map_err(|e| ConfigError::Realm(args.realm.clone(), e))?;
+
+        Ok(Config {
+            listen: args.listen,
+            keys,
+            demo_key,
+            app,
+            limits: Limits {
+                max_connections: args.max_connections as usize,
+                header_read_timeout: args.header_read_timeout,
+                idle_timeout: args.idle_timeout,
+                shutdown_timeout: args.shutdown_timeout,
+            },
+        })
+    }
+}
+
+/// `tokengate hash-token`: the `sha256:` key-file line for a token read from stdin.
+/// One trailing newline (`\n` or `\r\n`) is not part of the token.
+pub fn hash_token_line(input: &[u8]) -> Result<String, TokenProblem> {
+    let input = input
+        .strip_suffix(b"\n")
+        .map(|s| s.strip_suffix(b"\r").unwrap_or(s))
+        .unwrap_or(input);
+    let token = std::str::from_utf8(input).map_err(|_| TokenProblem::NotUtf8)?;
+    validate_token(token)?;
+    Ok(format!("sha256:{}", Digest::of(token.as_bytes()).to_hex()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::io::Write;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["tokengate"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tokengate-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = Config::from_args(&args(&[]), None).unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:8000".parse().unwrap());
+        assert!(cfg.demo_key);
+        assert!(cfg.keys.verify(DEMO_TOKEN.as_bytes()).is_some());
+        assert_eq!(cfg.keys.keys()[0].label(), "demo");
+        assert_eq!(cfg.app.token_header, "x-token");
+        assert_eq!(cfg.app.realm, "tokengate");
+        assert_eq!(cfg.limits.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(cfg.limits.max_connections, 10_000);
+    }
+
+    #[test]
+    fn flags_parse() {
+        let a = args(&[
+            "--listen",
+            "[::1]:0",
+            "--shutdown-timeout",
+            "500ms",
+            "--idle-timeout",
+            "2m",
+            "--token-header",
+            "X-Api-Key",
+            "--realm",
+            "api",
+            "--max-connections",
+            "5",
+        ]);
+        let cfg = Config::from_args(&a, None).unwrap();
+        assert_eq!(cfg.listen, "[::1]:0".parse().unwrap());
+        assert_eq!(cfg.limits.shutdown_timeout, Duration::from_millis(500));
+        assert_eq!(cfg.limits.idle_timeout, Duration::from_secs(120));
+        assert_eq!(cfg.app.token_header, "x-api-key");
+        assert_eq!(cfg.limits.max_connections, 5);
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        let argv = |a: &[&str]| {
+            let mut v = vec!["tokengate"];
+            v.extend_from_slice(a);
+            Args::try_parse_from(v)
+        };
+        assert!(argv(&["--shutdown-timeout", "10x"]).is_err());
+        assert!(argv(&["--shutdown-timeout", "0s"]).is_err());
+        assert!(argv(&["--listen", "localhost"]).is_err());
+        assert!(argv(&["--max-connections", "0"]).is_err());
+        assert!(
+            argv(&["--token", "x"]).is_err(),
+            "no secret on the command line"
+        );
+        let e = Config::from_args(&args(&["--token-header", "bad header"]), None).unwrap_err();
+        assert!(e.to_string().contains("--token-header"));
+        let e = Config::from_args(&args(&["--realm", "a\"b"]), None).unwrap_err();
+        assert!(e.to_string().contains("--realm"));
+    }
+
+    #[test]
+    fn env_token() {
+        let cfg = Config::from_args(&args(&[]), Some("hunter2hunter2".into())).unwrap();
+        assert!(!cfg.demo_key);
+        assert_eq!(cfg.keys.len(), 1);
+        assert!(cfg.keys.verify(b"hunter2hunter2").is_some());
+        assert!(cfg.keys.verify(DEMO_TOKEN.as_bytes()).is_none());
+        assert_eq!(cfg.keys.keys()[0].label(), "env");
+
+        for (bad, problem) in [
+            ("", TokenProblem::Empty),
+            ("   ", TokenProblem::Empty),
+            ("abc def", TokenProblem::BadChar(4)),
+            ("abc\n", TokenProblem::BadChar(4)),
+        ] {
+            let e = Config::from_args(&args(&[]), Some(bad.into())).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::EnvToken(p) if *p == problem),
+                "{bad:?}: {e}"
+            );
+            assert!(e.to_string().starts_with(TOKEN_ENV));
+        }
+    }
+
+    #[test]
+    fn key_file_lines_hashes_and_labels() {
+        let hashed = Digest::of(b"hashed-secret").to_hex();
+        let upper = Digest::of(b"upper-hex").to_hex().to_uppercase();
+        let text = format!(
+            "# keys\n\nplain-secret alice\n  sha256:{hashed}   bob  \nanon-secret\nsha256:{upper}\n"
+        );
+        let path = temp_file("keys-ok", &text);
+        let a = args(&["--token-file", path.to_str().unwrap()]);
+        let cfg = Config::from_args(&a, Some("env-secret".into())).unwrap();
+        let labels: Vec<&str> = cfg.keys.keys().iter().map(|k| k.label()).collect();
+        assert_eq!(labels, ["env", "alice", "bob", "key-4", "key-5"]);
+        assert!(cfg.keys.verify(b"plain-secret").is_some());
+        assert!(cfg.keys.verify(b"hashed-secret").is_some());
+        assert!(cfg.keys.verify(b"anon-secret").is_some());
+        assert!(cfg.keys.verify(b"env-secret").is_some());
+        assert!(cfg.keys.verify(b"upper-hex").is_some());
+        assert!(!cfg.demo_key);
+        assert_eq!(
+            cfg.keys.keys()[2].source(),
+            &KeySource::File {
+                path: path.display().to_string(),
+                line: 4
+            }
+        );
+    }
+
+    #[test]
+    fn key_file_errors_name_file_and_line_never_secret() {
+        let hashed = Digest::of(b"x").to_hex();
+        let cases: &[(&str, usize, &str)] = &[
+            (
+                "good-one\nsecret-one\nsecret-one\n",
+                3,
+                "duplicate key: the same token as line 2",
+            ),
+            ("secret-one a\nsecret-two a\n", 2, "duplicate label"),
+            ("secret-one two words\n", 1, "label"),
+            ("secret-one bad|label\n", 1, "label"),
+            ("sha256:abcd\n", 1, "64 hex"),
+            (&format!("sha256:{}zz\n", &hashed[..62]), 1, "64 hex"),
+            ("# c\nsecret-\u{e9}t\u{e9}\n", 2, "non-ASCII"),
+        ];
+        for (i, (text, line, needle)) in cases.iter().enumerate() {
+            let path = temp_file(&format!("keys-bad-{i}"), text);
+            let a = args(&["--token-file", path.to_str().unwrap()]);
+            let e = Config::from_args(&a, None).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                matches!(e, ConfigError::FileLine { line: l, .. } if l == *line),
+                "case {i}: {msg}"
+            );
+            assert!(msg.contains(needle), "case {i}: {msg}");
+            assert!(msg.contains(&path.display().to_string()), "case {i}: {msg}");
+            assert!(!msg.contains("secret-"), "case {i} leaks the secret: {msg}");
+        }
+    }
+
+    #[test]
+    fn env_and_file_duplicate_is_refused() {
+        let path = temp_file("keys-dup-env", "same-secret\n");
+        let a = args(&["--token-file", path.to_str().unwrap()]);
+        let e = Config::from_args(&a, Some("same-secret".into())).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("line 1: duplicate key: the same token as TOKENGATE_TOKEN"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("same-secret"));
+    }
+
+    #[test]
+    fn unreadable_and_empty_files() {
+        let missing = std::env::temp_dir().join("tokengate-no-such-dir/keys");
+        let a = args(&["--token-file", missing.to_str().unwrap()]);
+        let e = Config::from_args(&a, None).unwrap_err();
+        assert!(matches!(e, ConfigError::FileRead { .. }));
+        assert!(e.to_string().contains("tokengate-no-such-dir/keys"), "{e}");
+
+        let path = temp_file("keys-empty", "# nothing\n\n");
+        let a = args(&["--token-file", path.to_str().unwrap()]);
+        let e = Config::from_args(&a, None).unwrap_err();
+        assert!(matches!(e, ConfigError::FileEmpty(_)), "{e}");
+    }
+
+    #[test]
+    fn hash_token() {
+        let line = hash_token_line(b"mysecrettoken\n").unwrap();
+        assert_eq!(
+            line,
+            format!("sha256:{}", Digest::of(b"mysecrettoken").to_hex())
+        );
+        assert_eq!(hash_token_line(b"mysecrettoken\r\n").unwrap(), line);
+        assert_eq!(hash_token_line(b"mysecrettoken").unwrap(), line);
+        assert_eq!(hash_token_line(b"\n"), Err(TokenProblem::Empty));
+        assert_eq!(hash_token_line(b"a b\n"), Err(TokenProblem::BadChar(2)));
+        assert_eq!(hash_token_line(b"\xff\n"), Err(TokenProblem::NotUtf8));
+        // The line round-trips through the key-file parser.
+        let mut keys = KeySet::new();
+        parse_key_file(&line, "f", &mut keys).unwrap();
+        assert!(keys.verify(b"mysecrettoken").is_some());
+    }
+}
