@@ -9,7 +9,7 @@
 //! a keep-alive connection is idle, so it cannot be combined with a longer idle
 //! timeout. tokengate enforces both limits itself:
 //!
-//! * **Request heads** — [`Guarded`] wraps the socket. A *head* opens at accept
+//! * **Request heads** — `Guarded` wraps the socket. A *head* opens at accept
 //!   and, on HTTP/1, whenever bytes arrive after the previous request's head was
 //!   complete; it closes when the service sees the request. A head still open
 //!   after `header_read_timeout` fails the connection's next read, and hyper

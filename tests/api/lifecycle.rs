@@ -1,0 +1,392 @@
+//! The real binary: start-up, configuration errors, signals and the drain.
+
+use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use crate::support::{raw, read_to_close, statuses};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
+
+struct Spawned {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("TOKENGATE_TOKEN")
+        .env_remove("TOKENGATE_TOKEN_FILE")
+        .env_remove("TOKENGATE_LISTEN")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Spawned {
+    /// Starts the binary on 127.0.0.1:0 and learns its address from the log.
+    async fn start(args: &[&str], env: &[(&str, &str)]) -> Spawned {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let mut child = command(&all, env).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .expect("the server logs its address")
+            .expect("the server starts");
+        Spawned { child, addr, log }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    async fn wait(&mut self) -> ExitStatus {
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the server exits")
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn request_in_flight_at_sigterm_completes() {
+    let mut server = Spawned::start(&[], &[]).await;
+    assert_eq!(
+        statuses(
+            &raw(
+                server.addr,
+                b"GET /public HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            )
+            .await
+        ),
+        [200]
+    );
+
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(b"GET /protected HTTP/1.1\r\nHost: t\r\nX-Token: mysecre")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.write_all(b"ttoken\r\n\r\n").await.unwrap();
+    let transcript = read_to_close(&mut conn).await;
+    assert_eq!(statuses(&transcript), [200], "{transcript}");
+
+    let status = server.wait().await;
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        server.log()
+    );
+    let log = server.log();
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(log.contains("shutdown complete"), "{log}");
+    // After the drain the port is closed.
+    assert!(TcpStream::connect(server.addr).await.is_err());
+}
+
+#[tokio::test]
+async fn sigint_exits_zero() {
+    let mut server = Spawned::start(&[], &[]).await;
+    server.signal("-INT");
+    let status = server.wait().await;
+    assert!(status.success(), "{status:?}");
+    assert!(server.log().contains("SIGINT received"));
+}
+
+#[tokio::test]
+async fn drain_deadline_drops_stuck_connections() {
+    let mut server = Spawned::start(&["--shutdown-timeout", "300ms"], &[]).await;
+    let mut stuck = TcpStream::connect(server.addr).await.unwrap();
+    stuck
+        .write_all(b"GET /public HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.signal("-TERM");
+    let status = server.wait().await;
+    assert!(status.success(), "{status:?}");
+    let log = server.log();
+    assert!(log.contains("shutdown timeout reached"), "{log}");
+    // The stuck client sees its connection closed, with no response.
+    assert_eq!(read_to_close(&mut stuck).await, "");
+}
+
+#[tokio::test]
+async fn demo_key_warns_and_works() {
+    let server = Spawned::start(&[], &[]).await;
+    let log = server.log();
+    assert!(log.contains("WARN") && log.contains("demo key"), "{log}");
+    assert!(log.contains(r#"keys=["demo"]"#), "{log}");
+    let got = raw(server.addr, b"GET /protected HTTP/1.1\r\nHost: t\r\nX-Token: mysecrettoken\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(statuses(&got), [200]);
+}
+
+#[tokio::test]
+async fn env_and_file_keys_log_labels_only() {
+    let dir = std::env::temp_dir().join(format!("tokengate-life-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys");
+    std::fs::write(
+        &file,
+        "# team keys\nfile-secret-1 ci-bot\n\nfile-secret-2\n",
+    )
+    .unwrap();
+    let server = Spawned::start(
+        &["--token-file", file.to_str().unwrap()],
+        &[("TOKENGATE_TOKEN", "env-secret-0"), ("RUST_LOG", "trace")],
+    )
+    .await;
+    for (key, want) in [
+        ("env-secret-0", 200),
+        ("file-secret-1", 200),
+        ("file-secret-2", 200),
+        ("mysecrettoken", 401),
+    ] {
+        let req = format!(
+            "GET /protected HTTP/1.1\r\nHost: t\r\nX-Token: {key}\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(
+            statuses(&raw(server.addr, req.as_bytes()).await),
+            [want],
+            "{key}"
+        );
+    }
+    let log = server.log();
+    assert!(log.contains(r#"keys=["env", "ci-bot", "key-3"]"#), "{log}");
+    assert!(!log.contains("secret-"), "a secret reached the log:\n{log}");
+    assert!(!log.contains("demo key"));
+}
+
+#[tokio::test]
+async fn ipv6_loopback() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipping: no IPv6 loopback here");
+        return;
+    }
+    let mut cmd = command(&["--listen", "[::1]:0"], &[]);
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr: SocketAddr = loop {
+        let line = lines.next_line().await.unwrap().expect("start-up line");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    assert!(addr.is_ipv6() && addr.port() != 0);
+    let got = raw(
+        addr,
+        b"GET /public HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&got), [200]);
+    child.kill().await.unwrap();
+}
+
+async fn run_to_exit(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+) -> (i32, String, String) {
+    let mut cmd = command(args, env);
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input).await.unwrap();
+        drop(pipe);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("exits")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn configuration_errors_exit_2_without_secrets() {
+    let (code, _, err) = run_to_exit(
+        &["--listen", "127.0.0.1:0"],
+        &[("TOKENGATE_TOKEN", "")],
+        None,
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("TOKENGATE_TOKEN") && err.contains("empty"),
+        "{err}"
+    );
+    assert!(!err.contains("listening"), "{err}");
+
+    let (code, _, err) = run_to_exit(
+        &["--listen", "127.0.0.1:0"],
+        &[("TOKENGATE_TOKEN", "has space-secret")],
+        None,
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains("space-secret"), "{err}");
+
+    let dir = std::env::temp_dir().join(format!("tokengate-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad-keys");
+    std::fs::write(&file, "good-secret-a\nbad-secret-b x y\n").unwrap();
+    let (code, _, err) = run_to_exit(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            file.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(file.to_str().unwrap()) && err.contains("line 2"),
+        "{err}"
+    );
+    assert!(!err.contains("secret-"), "{err}");
+
+    let (code, _, err) =
+        run_to_exit(&["--token-file", "/nonexistent/tokengate/keys"], &[], None).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/tokengate/keys"), "{err}");
+
+    let (code, _, err) = run_to_exit(&["--shutdown-timeout", "soon"], &[], None).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("--shutdown-timeout"), "{err}");
+
+    // A port in use is reported with the flag and exits non-zero.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = run_to_exit(&["--listen", &addr], &[], None).await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--listen") && err.contains("cannot bind"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn hash_token_subcommand() {
+    let (code, out, err) = run_to_exit(&["hash-token"], &[], Some(b"mysecrettoken\n")).await;
+    assert_eq!(code, 0, "{err}");
+    let want = format!(
+        "sha256:{}\n",
+        tokengate::Digest::of(b"mysecrettoken").to_hex()
+    );
+    assert_eq!(out, want);
+    assert_eq!(want.len(), "sha256:".len() + 64 + 1);
+
+    let (code, out, err) = run_to_exit(&["hash-token"], &[], Some(b"\n")).await;
+    assert_eq!(code, 2);
+    assert!(out.is_empty() && err.contains("empty"), "{err}");
+
+    // The printed line is accepted as a key file.
+    let dir = std::env::temp_dir().join(format!("tokengate-hash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys");
+    std::fs::write(&file, format!("{} hashed-bot\n", want.trim())).unwrap();
+    let server = Spawned::start(&["--token-file", file.to_str().unwrap()], &[]).await;
+    let got = raw(server.addr, b"GET /protected HTTP/1.1\r\nHost: t\r\nX-Token: mysecrettoken\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(statuses(&got), [200]);
+}
+
+/// In-process: shutdown closes idle HTTP/1 keep-alive and HTTP/2 connections
+/// at once instead of waiting for the drain deadline.
+#[tokio::test]
+async fn graceful_stop_closes_idle_connections() {
+    use crate::support::{TestServer, keys};
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let limits = tokengate::Limits {
+        shutdown_timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let server = TestServer::with(keys(&["k"]), tokengate::AppConfig::default(), limits).await;
+
+    let io = TokioIo::new(TcpStream::connect(server.addr).await.unwrap());
+    let (mut h1, h1_conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    let h1_task = tokio::spawn(h1_conn);
+    let req = http::Request::get("/public")
+        .header("host", "t")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(h1.send_request(req).await.unwrap().status(), 200);
+
+    let io = TokioIo::new(TcpStream::connect(server.addr).await.unwrap());
+    let (mut h2, h2_conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    let h2_task = tokio::spawn(h2_conn);
+    let req = http::Request::get(format!("http://{}/public", server.addr))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), 200);
+
+    // Far below the 120 s drain deadline: `stop` panics after 30 s.
+    server.stop().await;
+    // Both client connections see the server close them.
+    tokio::time::timeout(Duration::from_secs(10), h1_task)
+        .await
+        .unwrap()
+        .unwrap()
+        .ok();
+    tokio::time::timeout(Duration::from_secs(10), h2_task)
+        .await
+        .unwrap()
+        .unwrap()
+        .ok();
+}

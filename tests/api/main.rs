@@ -1,0 +1,14 @@
+//! The integration-test binary: each module is one concern, all over real TCP.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod support;
+
+mod auth;
+mod contract;
+mod lifecycle;
+mod raw;

@@ -1,0 +1,150 @@
+//! Raw-socket tests for what client libraries normalise away.
+
+use crate::support::{TestServer, raw, statuses};
+
+const KEY_LINE: &str = "X-Token: mysecrettoken\r\n";
+
+fn req(target: &str, extra: &str) -> String {
+    format!("GET {target} HTTP/1.1\r\nHost: test\r\n{extra}Connection: close\r\n\r\n")
+}
+
+async fn status_of(server: &TestServer, request: &str) -> Vec<u16> {
+    statuses(&raw(server.addr, request.as_bytes()).await)
+}
+
+#[tokio::test]
+async fn duplicate_token_headers_in_both_orders() {
+    let server = TestServer::start().await;
+    for extra in [
+        "X-Token: mysecrettoken\r\nX-Token: wrong\r\n",
+        "X-Token: wrong\r\nX-Token: mysecrettoken\r\n",
+        "x-token: mysecrettoken\r\nX-TOKEN: mysecrettoken\r\n",
+        "Authorization: Bearer mysecrettoken\r\nAuthorization: Bearer x\r\n",
+        "Authorization: Bearer x\r\nAuthorization: Bearer mysecrettoken\r\n",
+    ] {
+        assert_eq!(
+            status_of(&server, &req("/protected", extra)).await,
+            [401],
+            "{extra:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn whitespace_and_name_case() {
+    let server = TestServer::start().await;
+    for extra in [
+        "X-Token:mysecrettoken\r\n",
+        "X-Token:    mysecrettoken   \r\n",
+        "X-Token:\tmysecrettoken\t\r\n",
+        "x-tOkEn: mysecrettoken\r\n",
+        "AUTHORIZATION: bEaReR mysecrettoken\r\n",
+        "Authorization:   Bearer    mysecrettoken  \r\n",
+    ] {
+        assert_eq!(
+            status_of(&server, &req("/protected", extra)).await,
+            [200],
+            "{extra:?}"
+        );
+    }
+    for extra in [
+        "X-Token: mysecret token\r\n",
+        "X-Token: mysecrettoken\x01\r\n",
+    ] {
+        let got = status_of(&server, &req("/protected", extra)).await;
+        assert!(got == [401] || got == [400], "{extra:?}: {got:?}");
+    }
+}
+
+#[tokio::test]
+async fn absolute_form_routes_by_path() {
+    let server = TestServer::start().await;
+    let abs = "http://upstream.example/protected";
+    assert_eq!(status_of(&server, &req(abs, KEY_LINE)).await, [200]);
+    assert_eq!(status_of(&server, &req(abs, "")).await, [401]);
+    assert_eq!(
+        status_of(&server, &req("http://upstream.example/public?q=1", "")).await,
+        [200]
+    );
+    assert_eq!(
+        status_of(&server, &req("http://upstream.example/nope", KEY_LINE)).await,
+        [404]
+    );
+    let redirect = raw(server.addr, req("http://h.example/public/", "").as_bytes()).await;
+    assert!(redirect.contains("location: /public\r\n"), "{redirect}");
+}
+
+#[tokio::test]
+async fn percent_encoding_on_the_wire() {
+    let server = TestServer::start().await;
+    assert_eq!(status_of(&server, &req("/%70ublic", "")).await, [200]);
+    assert_eq!(status_of(&server, &req("/%70rotected", "")).await, [401]);
+    assert_eq!(
+        status_of(&server, &req("/%70rotected", KEY_LINE)).await,
+        [200]
+    );
+    assert_eq!(status_of(&server, &req("/public%2F", "")).await, [404]);
+    assert_eq!(status_of(&server, &req("/%2Fpublic", "")).await, [404]);
+    assert_eq!(
+        status_of(&server, &req("/%2fprotected", KEY_LINE)).await,
+        [404]
+    );
+}
+
+#[tokio::test]
+async fn pipelined_requests_answer_in_order() {
+    let server = TestServer::start().await;
+    let two = format!(
+        "GET /protected HTTP/1.1\r\nHost: t\r\n{KEY_LINE}\r\nGET /protected HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    );
+    let transcript = raw(server.addr, two.as_bytes()).await;
+    assert_eq!(statuses(&transcript), [200, 401], "{transcript}");
+
+    let many: String = (0..50)
+        .map(|i| {
+            if i % 2 == 0 {
+                req_keepalive("/public")
+            } else {
+                req_keepalive("/nope")
+            }
+        })
+        .chain(std::iter::once(req("/protected", KEY_LINE)))
+        .collect();
+    let got = statuses(&raw(server.addr, many.as_bytes()).await);
+    let mut want: Vec<u16> = (0..50)
+        .map(|i| if i % 2 == 0 { 200 } else { 404 })
+        .collect();
+    want.push(200);
+    assert_eq!(got, want);
+}
+
+fn req_keepalive(target: &str) -> String {
+    format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n")
+}
+
+#[tokio::test]
+async fn host_header_rules() {
+    let server = TestServer::start().await;
+    let bad = raw(
+        server.addr,
+        b"GET /public HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&bad), [400], "{bad}");
+    assert!(bad.ends_with(r#"{"detail":"Bad Request"}"#), "{bad}");
+    let two = raw(
+        server.addr,
+        b"GET /public HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&two), [400], "{two}");
+    let old = raw(server.addr, b"GET /public HTTP/1.0\r\n\r\n").await;
+    assert!(
+        old.starts_with("HTTP/1.0 200") || old.starts_with("HTTP/1.1 200"),
+        "{old}"
+    );
+    assert!(
+        old.ends_with(r#"{"message":"Welcome to the public route!"}"#),
+        "{old}"
+    );
+}
