@@ -7,15 +7,18 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use http::HeaderName;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::auth::{Digest, InsertError, Key, KeySet, KeySource};
 use crate::routes::AppConfig;
 use crate::server::Limits;
+use crate::throttle::ThrottleConfig;
 
 /// The token used when no key source is configured.
 pub const DEMO_TOKEN: &str = "mysecrettoken";
@@ -78,6 +81,23 @@ pub struct Args {
     /// An idle keep-alive connection (no request in progress) is closed after this long.
     #[arg(long, env = "TOKENGATE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub idle_timeout: Duration,
+
+    /// Most bytes of request header fields (name + value + 4 each); 431 past it.
+    #[arg(long, env = "TOKENGATE_MAX_HEADER_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024), value_name = "BYTES")]
+    pub max_header_bytes: u32,
+
+    /// Failed credential checks allowed per client address: `N/s`, `N/m`, `N/h`, or `off`.
+    #[arg(
+        long,
+        env = "TOKENGATE_AUTH_FAILURE_LIMIT",
+        default_value = "10/s",
+        value_name = "RATE"
+    )]
+    pub auth_failure_limit: String,
+
+    /// Failed credential checks allowed in a burst before the rate applies.
+    #[arg(long, env = "TOKENGATE_AUTH_FAILURE_BURST", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N")]
+    pub auth_failure_burst: u32,
 }
 
 /// Subcommands.
@@ -142,6 +162,9 @@ pub enum ConfigError {
     /// The token header name is not a valid header name.
     #[error("--token-header {0:?}: not a valid HTTP header name")]
     TokenHeader(String),
+    /// `--auth-failure-limit` is not a rate.
+    #[error("--auth-failure-limit {0}")]
+    AuthFailureLimit(String),
     /// The realm cannot go into a header.
     #[error("--realm {0:?}: {1}")]
     Realm(String, crate::responses::InvalidRealm),
@@ -275,9 +298,10 @@ impl Config {
     pub fn from_args(args: &Args, env_token: Option<OsString>) -> Result<Config, ConfigError> {
         let mut keys = KeySet::new();
         if let Some(raw) = env_token {
-            let token = raw
-                .into_string()
-                .map_err(|_| ConfigError::EnvToken(TokenProblem::NotUtf8))?;
+            let token = Zeroizing::new(raw.into_string().map_err(|raw| {
+                zeroize_os(raw);
+                ConfigError::EnvToken(TokenProblem::NotUtf8)
+            })?);
             validate_token(&token).map_err(ConfigError::EnvToken)?;
             let key = Key::new(Digest::of(token.as_bytes()), "env", KeySource::Env);
             // The set is empty: the first insert cannot collide.
@@ -286,10 +310,12 @@ impl Config {
         }
         if let Some(path) = &args.token_file {
             let shown = path.display().to_string();
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::FileRead {
-                path: shown.clone(),
-                source,
-            })?;
+            let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+                ConfigError::FileRead {
+                    path: shown.clone(),
+                    source,
+                }
+            })?);
             parse_key_file(&text, &shown, &mut keys)?;
         }
         let demo_key = keys.is_empty();
@@ -301,9 +327,26 @@ impl Config {
 
         let token_header = HeaderName::try_from(args.token_header.trim())
             .map_err(|_| ConfigError::TokenHeader(args.token_header.clone()))?;
+        let throttle = match args.auth_failure_limit.trim() {
+            "off" => None,
+            rate => {
+                let (failures, period) =
+                    ThrottleConfig::parse_rate(rate).map_err(ConfigError::AuthFailureLimit)?;
+                Some(ThrottleConfig {
+                    failures,
+                    period,
+                    burst: NonZeroU32::new(args.auth_failure_burst).ok_or_else(|| {
+                        ConfigError::AuthFailureLimit("burst must be at least 1".into())
+                    })?,
+                    ..ThrottleConfig::default()
+                })
+            }
+        };
         let app = AppConfig {
             token_header,
             realm: args.realm.clone(),
+            max_header_bytes: args.max_header_bytes as usize,
+            throttle,
         };
         crate::responses::Responses::new(&app.realm)
             .map_err(|e| ConfigError::Realm(args.realm.clone(), e))?;
@@ -318,9 +361,21 @@ impl Config {
                 header_read_timeout: args.header_read_timeout,
                 idle_timeout: args.idle_timeout,
                 shutdown_timeout: args.shutdown_timeout,
+                max_header_bytes: args.max_header_bytes as usize,
             },
         })
     }
+}
+
+/// Wipes a rejected (non-UTF-8) token before its memory is freed.
+fn zeroize_os(raw: OsString) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStringExt;
+        raw.into_vec().zeroize();
+    }
+    #[cfg(not(unix))]
+    drop(raw);
 }
 
 /// `tokengate hash-token`: the `sha256:` key-file line for a token read from stdin.
@@ -371,6 +426,28 @@ mod tests {
         assert_eq!(cfg.limits.header_read_timeout, Duration::from_secs(10));
         assert_eq!(cfg.limits.idle_timeout, Duration::from_secs(60));
         assert_eq!(cfg.limits.max_connections, 10_000);
+        assert_eq!(cfg.app.max_header_bytes, 16 * 1024);
+        let t = cfg.app.throttle.unwrap();
+        assert_eq!(
+            (t.failures.get(), t.period, t.burst.get()),
+            (10, Duration::from_secs(1), 50)
+        );
+    }
+
+    #[test]
+    fn auth_failure_limit() {
+        let cfg = Config::from_args(&args(&["--auth-failure-limit", "off"]), None).unwrap();
+        assert!(cfg.app.throttle.is_none());
+        let a = args(&["--auth-failure-limit", "30/m", "--auth-failure-burst", "5"]);
+        let t = Config::from_args(&a, None).unwrap().app.throttle.unwrap();
+        assert_eq!(
+            (t.failures.get(), t.period, t.burst.get()),
+            (30, Duration::from_secs(60), 5)
+        );
+        let e = Config::from_args(&args(&["--auth-failure-limit", "lots"]), None).unwrap_err();
+        assert!(e.to_string().starts_with("--auth-failure-limit"), "{e}");
+        assert!(Args::try_parse_from(["tokengate", "--auth-failure-burst", "0"]).is_err());
+        assert!(Args::try_parse_from(["tokengate", "--max-header-bytes", "10"]).is_err());
     }
 
     #[test]

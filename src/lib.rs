@@ -27,6 +27,7 @@ pub mod responses;
 pub mod routes;
 pub mod server;
 pub mod shutdown;
+pub mod throttle;
 
 pub use auth::{Digest, KeySet, Outcome};
 pub use config::{Args, Config, ConfigError};

@@ -80,7 +80,7 @@ fn init_logging() {
 }
 
 fn hash_token() -> ExitCode {
-    let mut input = Vec::new();
+    let mut input = zeroize::Zeroizing::new(Vec::new());
     if let Err(e) = std::io::stdin().take(64 * 1024).read_to_end(&mut input) {
         eprintln!("tokengate hash-token: cannot read stdin: {e}");
         return ExitCode::from(2);

@@ -115,6 +115,10 @@ pub struct Responses {
     pub bad_request: Prebuilt,
     /// 429 for a client over its failed-credential limit.
     pub too_many_requests: Prebuilt,
+    /// 431 for too many or too large header fields.
+    pub header_fields_too_large: Prebuilt,
+    /// 414 for a request target over the limit.
+    pub uri_too_long: Prebuilt,
 }
 
 /// Why a realm cannot be used.
@@ -152,6 +156,11 @@ impl Responses {
             bad_request: detail(StatusCode::BAD_REQUEST, "Bad Request"),
             too_many_requests: detail(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
                 .header(CACHE_CONTROL, NO_STORE),
+            header_fields_too_large: detail(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "Request Header Fields Too Large",
+            ),
+            uri_too_long: detail(StatusCode::URI_TOO_LONG, "URI Too Long"),
         })
     }
 }

@@ -7,12 +7,21 @@
 //! operation. The method is checked before the credential.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 
 use http::header::HOST;
 use http::{HeaderName, HeaderValue, Method, Request, Response, Version};
 
-use crate::auth::{KeySet, Outcome};
+use crate::auth::{KeyId, KeySet, Outcome};
 use crate::responses::{self, Body, Prebuilt, Responses};
+use crate::throttle::{Throttle, ThrottleConfig};
+
+/// Most header fields a request may carry (431 past it).
+pub const MAX_HEADER_FIELDS: usize = 100;
+/// Longest request target, in bytes (414 past it).
+pub const MAX_TARGET_BYTES: usize = 8 * 1024;
+/// Default for `--max-header-bytes`.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Whether a route needs a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,14 +51,19 @@ struct Route {
     redirect_to: HeaderValue,
 }
 
-/// What the guard decided for a request to a protected route; the server uses
-/// it for metrics and throttling, the router for the response.
+/// What the guard decided, for metrics and logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthResult {
-    /// The route is public; no credential was looked at.
+    /// No credential was looked at (public route, or rejected before the guard).
     NotChecked,
-    /// The guard ran.
-    Checked(Outcome),
+    /// A configured key was presented.
+    Valid(KeyId),
+    /// No credential.
+    Missing,
+    /// A wrong (or ambiguous) credential.
+    Invalid,
+    /// The client is over its failed-credential limit: 429.
+    Throttled,
 }
 
 /// The application: route table, key set and prebuilt responses.
@@ -58,6 +72,8 @@ pub struct App {
     keys: KeySet,
     token_header: HeaderName,
     responses: Responses,
+    max_header_bytes: usize,
+    throttle: Option<Throttle>,
 }
 
 /// Settings of the application that are not keys.
@@ -67,6 +83,10 @@ pub struct AppConfig {
     pub token_header: HeaderName,
     /// The realm in `WWW-Authenticate` (default `tokengate`).
     pub realm: String,
+    /// Most bytes of header fields (name + value + 4 each) in a request (431 past it).
+    pub max_header_bytes: usize,
+    /// The failed-credential limit; `None` disables throttling.
+    pub throttle: Option<ThrottleConfig>,
 }
 
 impl Default for AppConfig {
@@ -74,6 +94,8 @@ impl Default for AppConfig {
         AppConfig {
             token_header: HeaderName::from_static("x-token"),
             realm: "tokengate".to_owned(),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            throttle: Some(ThrottleConfig::default()),
         }
     }
 }
@@ -101,6 +123,8 @@ impl App {
             keys,
             token_header: config.token_header.clone(),
             responses: Responses::new(&config.realm)?,
+            max_header_bytes: config.max_header_bytes,
+            throttle: config.throttle.map(Throttle::new),
         })
     }
 
@@ -114,20 +138,18 @@ impl App {
         &self.responses
     }
 
-    /// Answers a request. The body is never read: no route takes one.
-    pub fn handle<B>(&self, req: &Request<B>) -> Response<Body> {
-        self.route(req).0
+    /// Answers a request from `peer`. The body is never read: no route takes one.
+    #[inline]
+    pub fn handle<B>(&self, req: &Request<B>, peer: IpAddr) -> Response<Body> {
+        self.route(req, peer).0
     }
 
     /// Answers a request and reports what the guard decided.
-    pub fn route<B>(&self, req: &Request<B>) -> (Response<Body>, AuthResult) {
-        if !host_ok(req) {
-            return (
-                self.responses.bad_request.respond(is_head(req)),
-                AuthResult::NotChecked,
-            );
-        }
+    pub fn route<B>(&self, req: &Request<B>, peer: IpAddr) -> (Response<Body>, AuthResult) {
         let head = is_head(req);
+        if let Some(rejection) = self.check_head(req) {
+            return (rejection.respond(head), AuthResult::NotChecked);
+        }
         let path = normalize(req.uri().path());
         let Some(route) = self.routes.iter().find(|r| r.path == path) else {
             return (
@@ -152,16 +174,58 @@ impl App {
         }
         match route.access {
             Access::Public => (route.ok.respond(head), AuthResult::NotChecked),
-            Access::Protected => {
-                let outcome = self.keys.check(req.headers(), &self.token_header);
-                let response = match outcome {
-                    Outcome::Valid(_) => route.ok.respond(head),
-                    Outcome::Missing => self.responses.unauthorized_missing.respond(head),
-                    Outcome::Invalid => self.responses.unauthorized_invalid.respond(head),
-                };
-                (response, AuthResult::Checked(outcome))
-            }
+            Access::Protected => self.guard(req, peer, &route.ok, head),
         }
+    }
+
+    /// The one guard of protected routes: throttling, then the key check.
+    fn guard<B>(
+        &self,
+        req: &Request<B>,
+        peer: IpAddr,
+        ok: &Prebuilt,
+        head: bool,
+    ) -> (Response<Body>, AuthResult) {
+        if let Some(wait) = self.throttle.as_ref().and_then(|t| t.blocked(peer)) {
+            return (self.too_many(wait, head), AuthResult::Throttled);
+        }
+        let outcome = self.keys.check(req.headers(), &self.token_header);
+        let failed = match outcome {
+            Outcome::Valid(id) => return (ok.respond(head), AuthResult::Valid(id)),
+            Outcome::Missing => (&self.responses.unauthorized_missing, AuthResult::Missing),
+            Outcome::Invalid => (&self.responses.unauthorized_invalid, AuthResult::Invalid),
+        };
+        if let Some(wait) = self.throttle.as_ref().and_then(|t| t.record_failure(peer)) {
+            return (self.too_many(wait, head), AuthResult::Throttled);
+        }
+        (failed.0.respond(head), failed.1)
+    }
+
+    fn too_many(&self, wait: std::time::Duration, head: bool) -> Response<Body> {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        responses::with_retry_after(self.responses.too_many_requests.respond(head), seconds)
+    }
+
+    /// Limits on the request head, and the `Host` rules; `None` when fine.
+    fn check_head<B>(&self, req: &Request<B>) -> Option<&Prebuilt> {
+        if target_len(req.uri()) > MAX_TARGET_BYTES {
+            return Some(&self.responses.uri_too_long);
+        }
+        let headers = req.headers();
+        if headers.len() > MAX_HEADER_FIELDS {
+            return Some(&self.responses.header_fields_too_large);
+        }
+        let bytes: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        if bytes > self.max_header_bytes {
+            return Some(&self.responses.header_fields_too_large);
+        }
+        if !host_ok(req) {
+            return Some(&self.responses.bad_request);
+        }
+        None
     }
 
     /// `/public/` → 307 `/public` (query kept); anything else → 404.
@@ -179,6 +243,16 @@ impl App {
             }
         }
         self.responses.not_found.respond(head)
+    }
+}
+
+fn target_len(uri: &http::Uri) -> usize {
+    let path_and_query = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => {
+            scheme.len() + 3 + authority.as_str().len() + path_and_query
+        }
+        _ => path_and_query,
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// How long the drain may take after shutdown begins.
     pub shutdown_timeout: Duration,
+    /// The application's `--max-header-bytes`; hyper's own hard limits are set above it.
+    pub max_header_bytes: usize,
 }
 
 impl Default for Limits {
@@ -65,6 +67,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
+            max_header_bytes: crate::routes::DEFAULT_MAX_HEADER_BYTES,
         }
     }
 }
@@ -78,7 +81,7 @@ pub async fn serve<F>(listener: TcpListener, app: Arc<App>, limits: Limits, shut
 where
     F: Future<Output = ()>,
 {
-    let builder = Arc::new(builder());
+    let builder = Arc::new(builder(&limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (drain_tx, drain_rx) = watch::channel(());
     let mut connections = JoinSet::new();
@@ -147,11 +150,37 @@ where
     info!("shutdown complete");
 }
 
+/// Concurrent HTTP/2 streams per connection; more are refused (`REFUSED_STREAM`).
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Streams a client may reset before the server accepts them (rapid reset,
+/// CVE-2023-44487); past it the connection gets GOAWAY (`ENHANCE_YOUR_CALM`).
+pub const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams the server may reset for protocol errors before it sends GOAWAY.
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+
+/// hyper's own limit on a request head, above the application's so that the
+/// application answers with its JSON 431/414 first. A head past this gets
+/// hyper's bare 431 (HTTP/1) or a stream reset (HTTP/2), and memory stays bounded.
+pub fn hard_head_limit(max_header_bytes: usize) -> usize {
+    2 * (max_header_bytes + crate::routes::MAX_TARGET_BYTES) + 8192
+}
+
 /// The auto builder, configured once.
-fn builder() -> auto::Builder<TokioExecutor> {
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let hard = hard_head_limit(limits.max_header_bytes);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(hard)
+        .max_headers(2 * crate::routes::MAX_HEADER_FIELDS + 56);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(hard).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS);
     builder
 }
 
@@ -214,6 +243,7 @@ impl Connection {
         let io = Guarded::new(stream, activity.clone(), self.limits.header_read_timeout);
         let app = self.app.clone();
         let seen = activity.clone();
+        let peer_ip = self.peer.ip();
         let service = service_fn(move |req: Request<Incoming>| {
             seen.requests.fetch_add(1, Relaxed);
             if req.version() == Version::HTTP_2 {
@@ -221,7 +251,7 @@ impl Connection {
             }
             // The request (and its body, unread) is dropped here: hyper then
             // closes an HTTP/1 connection whose body was not consumed.
-            std::future::ready(Ok::<_, Infallible>(app.handle(&req)))
+            std::future::ready(Ok::<_, Infallible>(app.handle(&req, peer_ip)))
         });
         let conn = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);

@@ -59,6 +59,7 @@ async fn custom_header_and_realm() {
     let app = AppConfig {
         token_header: HeaderName::from_static("x-api-key"),
         realm: "orders api".to_owned(),
+        ..AppConfig::default()
     };
     let server = TestServer::with(keys(&[KEY]), app, Limits::default()).await;
     for proto in BOTH {
