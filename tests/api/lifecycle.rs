@@ -1,93 +1,13 @@
 //! The real binary: start-up, configuration errors, signals and the drain.
 
 use std::net::SocketAddr;
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
-use crate::support::{raw, read_to_close, statuses};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
-
-struct Spawned {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_remove("TOKENGATE_TOKEN")
-        .env_remove("TOKENGATE_TOKEN_FILE")
-        .env_remove("TOKENGATE_LISTEN")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-impl Spawned {
-    /// Starts the binary on 127.0.0.1:0 and learns its address from the log.
-    async fn start(args: &[&str], env: &[(&str, &str)]) -> Spawned {
-        let mut all = vec!["--listen", "127.0.0.1:0"];
-        all.extend_from_slice(args);
-        let mut child = command(&all, env).spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let sink = log.clone();
-        tokio::spawn(async move {
-            let mut tx = Some(tx);
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
-                }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let addr = tokio::time::timeout(Duration::from_secs(30), rx)
-            .await
-            .expect("the server logs its address")
-            .expect("the server starts");
-        Spawned { child, addr, log }
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().unwrap().to_string();
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    async fn wait(&mut self) -> ExitStatus {
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("the server exits")
-            .unwrap()
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
+use crate::support::{Spawned, command, raw, read_to_close, statuses};
 
 #[tokio::test]
 async fn request_in_flight_at_sigterm_completes() {

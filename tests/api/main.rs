@@ -10,5 +10,7 @@ mod support;
 
 mod auth;
 mod contract;
+mod h2abuse;
+mod hostile;
 mod lifecycle;
 mod raw;

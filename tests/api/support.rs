@@ -9,10 +9,14 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Mutex;
 use tokengate::auth::{Digest, Key, KeySource};
 use tokengate::{App, AppConfig, KeySet, Limits};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -183,4 +187,122 @@ pub fn statuses(transcript: &str) -> Vec<u16> {
         .skip(1)
         .filter_map(|s| s.get(..3)?.parse().ok())
         .collect()
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
+
+pub struct Spawned {
+    pub child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("TOKENGATE_TOKEN")
+        .env_remove("TOKENGATE_TOKEN_FILE")
+        .env_remove("TOKENGATE_LISTEN")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Spawned {
+    /// Starts the binary on 127.0.0.1:0 and learns its address from the log.
+    pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Spawned {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let mut child = command(&all, env).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .expect("the server logs its address")
+            .expect("the server starts");
+        Spawned { child, addr, log }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    pub async fn wait(&mut self) -> ExitStatus {
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the server exits")
+            .unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Spawned {
+    /// Resident memory of the server process, in KiB (Linux `/proc`).
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.child.id().unwrap(), "VmRSS:")
+    }
+
+    /// User + system CPU time of the server process so far, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id().unwrap())).unwrap();
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+}
+
+pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Waits up to `cap` for the peer to close; `Some(transcript)` if it did.
+pub async fn closed_within(stream: &mut TcpStream, cap: Duration) -> Option<String> {
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(cap, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    closed.then(|| String::from_utf8_lossy(&out).into_owned())
 }
