@@ -10,7 +10,10 @@ mod support;
 
 mod auth;
 mod contract;
+mod fuzz;
 mod h2abuse;
 mod hostile;
 mod lifecycle;
 mod raw;
+mod secrets;
+mod throttle;

@@ -219,7 +219,12 @@ impl Spawned {
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Spawned {
         let mut all = vec!["--listen", "127.0.0.1:0"];
         all.extend_from_slice(args);
-        let mut child = command(&all, env).spawn().unwrap();
+        Spawned::from_command(command(&all, env)).await
+    }
+
+    /// Spawns `cmd` (stderr piped) and learns the address from the log.
+    pub async fn from_command(mut cmd: Command) -> Spawned {
+        let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -305,4 +310,31 @@ pub async fn closed_within(stream: &mut TcpStream, cap: Duration) -> Option<Stri
     .await
     .is_ok();
     closed.then(|| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Like [`raw`], from a chosen loopback source address (e.g. 127.0.0.2).
+pub async fn raw_from(local: std::net::IpAddr, addr: SocketAddr, bytes: &[u8]) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(local, 0)).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    read_to_close(&mut stream).await
+}
+
+impl Spawned {
+    /// Starts the binary with its open-file limit lowered (`ulimit -n`).
+    pub async fn start_with_nofile(nofile: u32, args: &[&str]) -> Spawned {
+        let script = format!("ulimit -n {nofile} && exec \"$0\" \"$@\"");
+        let mut all = vec!["-c", script.as_str(), BIN, "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let mut cmd = Command::new("sh");
+        cmd.args(&all)
+            .env("RUST_LOG", "info")
+            .env_remove("TOKENGATE_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        Spawned::from_command(cmd).await
+    }
 }
