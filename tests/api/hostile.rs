@@ -474,3 +474,44 @@ async fn idle_keep_alive_is_closed_h1_and_h2() {
     );
     still_serves(&server).await;
 }
+
+#[tokio::test]
+async fn connection_cap_queues_new_connections_in_the_backlog() {
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let server = TestServer::with(keys(&[KEY]), AppConfig::default(), limits).await;
+    let request = b"GET /public HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s);
+    }
+    // The third connection completes the TCP handshake (kernel backlog) but is
+    // not accepted: no answer while both slots are taken.
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    third.write_all(request).await.unwrap();
+    let mut buf = [0u8; 512];
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
+    assert!(early.is_err(), "answered past the connection cap");
+    // Connected clients are unaffected.
+    held[0].write_all(request).await.unwrap();
+    let n = held[0].read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // A slot frees: the queued connection is accepted and answered.
+    held.pop();
+    let n = tokio::time::timeout(CAP, third.read(&mut buf))
+        .await
+        .expect("served once a slot frees")
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
