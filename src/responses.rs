@@ -23,6 +23,8 @@ pub const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, OP
 pub struct Prebuilt {
     status: StatusCode,
     body: Bytes,
+    /// `content-length` of the GET body, sent with HEAD responses.
+    head_length: Option<HeaderValue>,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -44,11 +46,11 @@ impl Prebuilt {
         if let Some(ct) = content_type {
             headers.push((CONTENT_TYPE, ct));
         }
-        if status != StatusCode::NO_CONTENT {
-            headers.push((CONTENT_LENGTH, HeaderValue::from(body.len())));
-        }
         Prebuilt {
             status,
+            // hyper writes `content-length` from the body's exact size; only a
+            // HEAD response (empty body) needs it set by hand.
+            head_length: (status != StatusCode::NO_CONTENT).then(|| HeaderValue::from(body.len())),
             body,
             headers,
         }
@@ -84,6 +86,11 @@ impl Prebuilt {
         let headers = response.headers_mut();
         for (name, value) in &self.headers {
             headers.insert(name.clone(), value.clone());
+        }
+        if head {
+            if let Some(length) = &self.head_length {
+                headers.insert(CONTENT_LENGTH, length.clone());
+            }
         }
         response
     }
@@ -211,7 +218,11 @@ mod tests {
             resp.headers()[WWW_AUTHENTICATE],
             r#"Bearer realm="tokengate", error="invalid_token""#
         );
-        assert_eq!(resp.headers()[CONTENT_LENGTH], "25");
+        assert_eq!(http_body::Body::size_hint(resp.body()).exact(), Some(25));
+        assert_eq!(
+            r.unauthorized_invalid.respond(true).headers()[CONTENT_LENGTH],
+            "25"
+        );
     }
 
     #[test]

@@ -5,21 +5,21 @@
 //! # Time limits on a connection
 //!
 //! hyper-util's auto builder reads the protocol preface with no timer at all
-//! (hyper issue #3756), and hyper's own `header_read_timeout` also starts while
-//! a keep-alive connection is idle, so it cannot be combined with a longer idle
-//! timeout. tokengate enforces both limits itself:
+//! (hyper issue #3756), and hyper's own `header_read_timeout` also runs while a
+//! keep-alive connection is idle, so it cannot be combined with a longer idle
+//! timeout. tokengate enforces both limits itself, with no timer work per
+//! request: the socket wrapper counts reads, the service counts requests, and
+//! a per-connection watchdog samples both every quarter of the shorter limit.
 //!
-//! * **Request heads** — `Guarded` wraps the socket. A *head* opens at accept
-//!   and, on HTTP/1, whenever bytes arrive after the previous request's head was
-//!   complete; it closes when the service sees the request. A head still open
-//!   after `header_read_timeout` fails the connection's next read, and hyper
-//!   closes it. This covers protocol detection, the HTTP/2 preface and
-//!   slowloris-style dripping alike.
-//! * **Idleness** — the connection task samples two counters (reads, requests)
-//!   every quarter of `idle_timeout`. When neither moved for `idle_timeout`, the
-//!   connection is shut down gracefully (HTTP/1 closes, HTTP/2 gets GOAWAY); if it
-//!   has not finished one tick later (a client that does not read), it is
-//!   dropped. Idle connections therefore close between 1× and 1.25× the timeout.
+//! * **Request heads** — a head is in progress from accept until the first
+//!   request, and on HTTP/1 whenever bytes arrive with no new complete head.
+//!   One still in progress `header_read_timeout` after it was first seen is
+//!   dropped without a response. This covers protocol detection, the HTTP/2
+//!   preface and slowloris dripping; the limit is enforced within 1.25× of it
+//!   for the first head and 1.5× for later ones (detection waits for a tick).
+//! * **Idleness** — no reads and no requests for `idle_timeout`: the connection
+//!   is shut down gracefully (HTTP/1 closes, HTTP/2 gets GOAWAY); if it has not
+//!   finished one tick later (a client that does not read), it is dropped.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Version};
@@ -40,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::routes::App;
@@ -219,14 +219,86 @@ impl AcceptErrors {
 }
 
 /// What the service and the socket wrapper report to the connection's watchdog.
+///
+/// Each counter has a single writer — the connection's own task (hyper calls
+/// the service from the connection future for HTTP/1 and HTTP/2 alike) — so an
+/// increment is a plain load and store, not a locked read-modify-write.
 #[derive(Default, Debug)]
 pub(crate) struct Activity {
     /// Requests whose head was complete (the service was called).
     requests: AtomicU64,
     /// Reads that returned data.
     reads: AtomicU64,
-    /// Set once the connection speaks HTTP/2 (heads are then not timed per request).
+    /// Set once the connection speaks HTTP/2: frames without a new request
+    /// (PING, WINDOW_UPDATE) are then activity, not a request head in progress.
     h2: AtomicBool,
+}
+
+#[inline]
+fn bump(counter: &AtomicU64) {
+    counter.store(counter.load(Relaxed).wrapping_add(1), Relaxed);
+}
+
+/// The per-connection clock: request-head and idle deadlines, sampled on a
+/// tick rather than re-armed per request (no timer work on the hot path).
+struct Watchdog {
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    /// `(requests, reads)` at the previous tick.
+    last: (u64, u64),
+    /// When the connection was last seen doing something.
+    active_at: Instant,
+    /// When the request head in progress was first seen (accept, for the first).
+    head_since: Option<Instant>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Fine,
+    HeadTimeout,
+    Idle,
+}
+
+impl Watchdog {
+    fn new(limits: &Limits, accepted: Instant) -> Self {
+        Watchdog {
+            header_timeout: limits.header_read_timeout,
+            idle_timeout: limits.idle_timeout,
+            last: (0, 0),
+            active_at: accepted,
+            head_since: Some(accepted),
+        }
+    }
+
+    /// How often to sample: a quarter of the shorter limit.
+    fn tick(&self) -> Duration {
+        (self.header_timeout.min(self.idle_timeout) / 4).max(Duration::from_millis(1))
+    }
+
+    fn check(&mut self, now: Instant, requests: u64, reads: u64, h2: bool) -> Verdict {
+        let (last_requests, last_reads) = self.last;
+        self.last = (requests, reads);
+        if requests != last_requests {
+            // A head completed since the last tick.
+            self.head_since = None;
+            self.active_at = now;
+        } else if reads != last_reads {
+            self.active_at = now;
+            if !h2 && self.head_since.is_none() {
+                // Bytes, but no complete head: a request head is in progress.
+                self.head_since = Some(now);
+            }
+        }
+        if let Some(since) = self.head_since {
+            if now.duration_since(since) >= self.header_timeout {
+                return Verdict::HeadTimeout;
+            }
+        }
+        if now.duration_since(self.active_at) >= self.idle_timeout {
+            return Verdict::Idle;
+        }
+        Verdict::Fine
+    }
 }
 
 struct Connection {
@@ -239,13 +311,17 @@ struct Connection {
 
 impl Connection {
     async fn run(mut self, stream: TcpStream) {
+        let accepted = Instant::now();
         let activity = Arc::new(Activity::default());
-        let io = Guarded::new(stream, activity.clone(), self.limits.header_read_timeout);
+        let io = Guarded {
+            inner: stream,
+            activity: activity.clone(),
+        };
         let app = self.app.clone();
         let seen = activity.clone();
         let peer_ip = self.peer.ip();
         let service = service_fn(move |req: Request<Incoming>| {
-            seen.requests.fetch_add(1, Relaxed);
+            bump(&seen.requests);
             if req.version() == Version::HTTP_2 {
                 seen.h2.store(true, Relaxed);
             }
@@ -255,101 +331,65 @@ impl Connection {
         });
         let conn = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
+        // Registered once, not re-created on every wake-up of the task.
+        let drain = self.drain.changed();
+        tokio::pin!(drain);
 
-        let tick = (self.limits.idle_timeout / 4).max(Duration::from_millis(1));
-        let idle = tokio::time::sleep(tick);
-        tokio::pin!(idle);
-        let mut last = (0u64, 0u64);
-        let mut quiet_since = Instant::now();
+        let mut watchdog = Watchdog::new(&self.limits, accepted);
+        let tick = watchdog.tick();
+        let timer = tokio::time::sleep_until(accepted + tick);
+        tokio::pin!(timer);
         let mut closing = false;
         let mut draining = false;
 
         loop {
             tokio::select! {
+                biased;
                 result = conn.as_mut() => {
                     if let Err(e) = result {
                         debug!(peer = %self.peer, error = %e, "connection ended with an error");
                     }
                     return;
                 }
-                _ = self.drain.changed(), if !draining => {
+                _ = &mut drain, if !draining => {
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                () = &mut idle => {
+                () = &mut timer => {
                     let now = Instant::now();
                     if closing {
-                        debug!(peer = %self.peer, "idle connection did not close in time; dropping it");
+                        debug!(peer = %self.peer, "connection did not close after a graceful shutdown; dropping it");
                         return;
                     }
-                    let current = (activity.requests.load(Relaxed), activity.reads.load(Relaxed));
-                    if current != last {
-                        last = current;
-                        quiet_since = now;
-                    } else if now.duration_since(quiet_since) >= self.limits.idle_timeout {
-                        debug!(peer = %self.peer, "closing idle connection");
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
+                    let verdict = watchdog.check(
+                        now,
+                        activity.requests.load(Relaxed),
+                        activity.reads.load(Relaxed),
+                        activity.h2.load(Relaxed),
+                    );
+                    match verdict {
+                        Verdict::Fine => {}
+                        Verdict::HeadTimeout => {
+                            debug!(peer = %self.peer, "request head not complete within the header read timeout; closing");
+                            return;
+                        }
+                        Verdict::Idle => {
+                            debug!(peer = %self.peer, "closing idle connection");
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
                     }
-                    idle.as_mut().reset(now + tick);
+                    timer.as_mut().reset(now + tick);
                 }
             }
         }
     }
 }
 
-/// The socket, with the request-head timer described in the module docs.
+/// The socket, counting reads that return data for the watchdog.
 pub(crate) struct Guarded {
     inner: TcpStream,
     activity: Arc<Activity>,
-    header_timeout: Duration,
-    /// A request head is in progress.
-    head_open: bool,
-    /// The head in progress is complete once `requests` reaches this.
-    head_done_at: u64,
-    head_deadline: Pin<Box<Sleep>>,
-}
-
-impl Guarded {
-    fn new(inner: TcpStream, activity: Arc<Activity>, header_timeout: Duration) -> Self {
-        Guarded {
-            inner,
-            activity,
-            header_timeout,
-            head_open: true,
-            head_done_at: 1,
-            head_deadline: Box::pin(tokio::time::sleep(header_timeout)),
-        }
-    }
-
-    /// Data arrived: on HTTP/1, after a complete head it starts the next head.
-    fn on_data(&mut self) {
-        self.activity.reads.fetch_add(1, Relaxed);
-        let requests = self.activity.requests.load(Relaxed);
-        if self.head_open && requests < self.head_done_at {
-            return;
-        }
-        if self.activity.h2.load(Relaxed) {
-            self.head_open = false;
-            return;
-        }
-        self.head_open = true;
-        self.head_done_at = requests + 1;
-        let deadline = Instant::now() + self.header_timeout;
-        self.head_deadline.as_mut().reset(deadline);
-    }
-
-    /// The read would block: has the head in progress run out of time?
-    fn head_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.head_open {
-            return false;
-        }
-        if self.activity.requests.load(Relaxed) >= self.head_done_at {
-            self.head_open = false;
-            return false;
-        }
-        self.head_deadline.as_mut().poll(cx).is_ready()
-    }
 }
 
 impl AsyncRead for Guarded {
@@ -360,26 +400,11 @@ impl AsyncRead for Guarded {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    this.on_data();
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                if this.head_expired(cx) {
-                    debug!("request head not complete within the header read timeout");
-                    Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "request head not complete within the header read timeout",
-                    )))
-                } else {
-                    Poll::Pending
-                }
-            }
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            bump(&this.activity.reads);
         }
+        result
     }
 }
 
@@ -409,7 +434,78 @@ impl AsyncWrite for Guarded {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
-        Poll::Ready(Ok(()))
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dog() -> (Watchdog, Instant) {
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let t0 = Instant::now();
+        (Watchdog::new(&limits, t0), t0)
+    }
+
+    fn at(t0: Instant, secs: u64) -> Instant {
+        t0 + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn first_head_is_timed_from_accept() {
+        let (mut w, t0) = dog();
+        assert_eq!(w.tick(), Duration::from_millis(2500));
+        assert_eq!(w.check(at(t0, 5), 0, 1, false), Verdict::Fine);
+        assert_eq!(w.check(at(t0, 10), 0, 2, false), Verdict::HeadTimeout);
+        let (mut w, t0) = dog();
+        assert_eq!(
+            w.check(at(t0, 10), 0, 0, false),
+            Verdict::HeadTimeout,
+            "silent connection"
+        );
+    }
+
+    #[test]
+    fn later_heads_are_timed_from_their_first_bytes() {
+        let (mut w, t0) = dog();
+        assert_eq!(w.check(at(t0, 1), 1, 1, false), Verdict::Fine);
+        // Idle keep-alive for 30 s is fine.
+        assert_eq!(w.check(at(t0, 31), 1, 1, false), Verdict::Fine);
+        // Slowloris: bytes keep coming, no complete head.
+        assert_eq!(w.check(at(t0, 33), 1, 2, false), Verdict::Fine);
+        assert_eq!(w.check(at(t0, 40), 1, 3, false), Verdict::Fine);
+        assert_eq!(w.check(at(t0, 43), 1, 4, false), Verdict::HeadTimeout);
+    }
+
+    #[test]
+    fn idle_after_the_idle_timeout() {
+        let (mut w, t0) = dog();
+        assert_eq!(w.check(at(t0, 1), 1, 1, false), Verdict::Fine);
+        assert_eq!(w.check(at(t0, 60), 1, 1, false), Verdict::Fine);
+        assert_eq!(w.check(at(t0, 61), 1, 1, false), Verdict::Idle);
+    }
+
+    #[test]
+    fn busy_connections_are_never_closed() {
+        let (mut w, t0) = dog();
+        for i in 1..1000 {
+            assert_eq!(w.check(at(t0, i), i, i, false), Verdict::Fine);
+        }
+    }
+
+    #[test]
+    fn http2_frames_are_activity_not_heads() {
+        let (mut w, t0) = dog();
+        assert_eq!(w.check(at(t0, 1), 1, 1, true), Verdict::Fine);
+        for i in 2..100 {
+            // PINGs every second: no new request, but not a stalled head either.
+            assert_eq!(w.check(at(t0, i), 1, i, true), Verdict::Fine);
+        }
+        assert_eq!(w.check(at(t0, 160), 1, 99, true), Verdict::Idle);
     }
 }

@@ -1,0 +1,117 @@
+//! One keep-alive HTTP/1.1 request and one h2c request through a real server
+//! on loopback: tokengate and the floor (a bare hyper `service_fn` returning
+//! the same static JSON body for every request) in the same criterion group,
+//! so their ratio comes from one run.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokengate::auth::{Digest, Key, KeySource};
+use tokengate::{App, AppConfig, KeySet, Limits};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+
+const BODY: &[u8] = br#"{"message":"You have access to the protected route!"}"#;
+
+/// The floor: the least a hyper server can do for the same response.
+async fn floor(listener: TcpListener) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(|_req: Request<Incoming>| async {
+                let mut resp = Response::new(Full::new(Bytes::from_static(BODY)));
+                resp.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                Ok::<_, Infallible>(resp)
+            });
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+async fn tokengate_server(listener: TcpListener) {
+    let mut keys = KeySet::new();
+    keys.insert(Key::new(
+        Digest::of(b"mysecrettoken"),
+        "demo",
+        KeySource::Demo,
+    ))
+    .unwrap();
+    let app = Arc::new(App::new(keys, &AppConfig::default()).unwrap());
+    tokengate::serve(listener, app, Limits::default(), std::future::pending()).await;
+}
+
+enum Client {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr, h2: bool) -> Client {
+        let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        if h2 {
+            let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            Client::H2(send)
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            Client::H1(send)
+        }
+    }
+
+    async fn get(&mut self, addr: SocketAddr) -> usize {
+        let req = Request::get(format!("http://{addr}/protected"))
+            .header("host", "bench")
+            .header("x-token", "mysecrettoken")
+            .body(Empty::new())
+            .unwrap();
+        let resp = match self {
+            Client::H1(s) => s.send_request(req).await.unwrap(),
+            Client::H2(s) => s.send_request(req).await.unwrap(),
+        };
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap().to_bytes().len()
+    }
+}
+
+fn roundtrip(c: &mut Criterion) {
+    let rt = Runtime::new().unwrap();
+    let (floor_addr, tg_addr) = rt.block_on(async {
+        let f = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let t = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addrs = (f.local_addr().unwrap(), t.local_addr().unwrap());
+        tokio::spawn(floor(f));
+        tokio::spawn(tokengate_server(t));
+        addrs
+    });
+    for (proto, h2) in [("h1", false), ("h2c", true)] {
+        let mut group = c.benchmark_group(format!("roundtrip/{proto}"));
+        for (name, addr) in [("floor", floor_addr), ("tokengate", tg_addr)] {
+            let mut client = rt.block_on(Client::connect(addr, h2));
+            group.bench_function(name, |b| {
+                b.iter(|| rt.block_on(client.get(addr)));
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, roundtrip);
+criterion_main!(benches);
