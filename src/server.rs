@@ -172,8 +172,15 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
+        // hyper defaults to a 30 s header timeout once a timer is set; it would
+        // arm (and box) a timer per request and also run while idle. The
+        // watchdog enforces --header-read-timeout instead.
+        .header_read_timeout(None)
         .max_buf_size(hard)
-        .max_headers(2 * crate::routes::MAX_HEADER_FIELDS + 56);
+        // 100 is hyper's default: its header arrays then live on the stack.
+        // Any larger value moves them to the heap (two allocations per
+        // request), so HTTP/1 heads with more fields get hyper's bare 431.
+        .max_headers(crate::routes::MAX_HEADER_FIELDS);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -173,8 +173,9 @@ async fn b05_head_limits_give_json_431_and_414() {
         format!("GET /public HTTP/1.1\r\nHost: t\r\n{fields}Connection: close\r\n\r\n").as_bytes(),
     )
     .await;
+    // Over HTTP/1 hyper's parser rejects it (bare 431: hyper's header arrays
+    // stay on the stack at 100 fields); over HTTP/2 the JSON 431 (below).
     assert_eq!(statuses(&many), [431], "{many:.200}");
-    assert!(many.ends_with(r#"{"detail":"Request Header Fields Too Large"}"#));
     let ok_fields: String = (0..97).map(|i| format!("X-F{i}: v\r\n")).collect();
     let fine = raw(
         server.addr,
