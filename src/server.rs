@@ -9,7 +9,10 @@
 //! keep-alive connection is idle, so it cannot be combined with a longer idle
 //! timeout. tokengate enforces both limits itself, with no timer work per
 //! request: the socket wrapper counts reads, the service counts requests, and
-//! a per-connection watchdog samples both every quarter of the shorter limit.
+//! one watchdog thread per server samples both for every connection every
+//! quarter of the shorter limit, then tells a connection task what to do
+//! through an atomic command and its waker. The runtime's timer wheel holds no
+//! per-connection entries.
 //!
 //! * **Request heads** — a head is in progress from accept until the first
 //!   request, and on HTTP/1 whenever bytes arrive with no new complete head.
@@ -21,13 +24,17 @@
 //!   is shut down gracefully (HTTP/1 closes, HTTP/2 gets GOAWAY); if it has not
 //!   finished one tick later (a client that does not read), it is dropped.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
+
+use atomic_waker::AtomicWaker;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -38,7 +45,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -83,7 +90,8 @@ where
 {
     let builder = Arc::new(builder(&limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let (drain_tx, drain_rx) = watch::channel(());
+    let registry = Arc::new(Registry::default());
+    spawn_watchdog(&registry, tick(&limits));
     let mut connections = JoinSet::new();
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
@@ -117,8 +125,8 @@ where
         let conn = Connection {
             app: app.clone(),
             builder: builder.clone(),
+            registry: registry.clone(),
             limits: limits.clone(),
-            drain: drain_rx.clone(),
             peer,
         };
         connections.spawn(async move {
@@ -134,7 +142,7 @@ where
         open_connections = open,
         "shutting down: stopped accepting, draining connections"
     );
-    drain_tx.send_replace(());
+    registry.drain();
     let drained = tokio::time::timeout(limits.shutdown_timeout, async {
         while connections.join_next().await.is_some() {}
     })
@@ -225,9 +233,9 @@ impl AcceptErrors {
     }
 }
 
-/// What the service and the socket wrapper report to the connection's watchdog.
+/// What a connection shares with the watchdog thread and the drain.
 ///
-/// Each counter has a single writer — the connection's own task (hyper calls
+/// The counters have a single writer — the connection's own task (hyper calls
 /// the service from the connection future for HTTP/1 and HTTP/2 alike) — so an
 /// increment is a plain load and store, not a locked read-modify-write.
 #[derive(Default, Debug)]
@@ -239,11 +247,127 @@ pub(crate) struct Activity {
     /// Set once the connection speaks HTTP/2: frames without a new request
     /// (PING, WINDOW_UPDATE) are then activity, not a request head in progress.
     h2: AtomicBool,
+    /// What the connection task must do next: [`GRACEFUL`] or [`ABORT`].
+    command: AtomicU8,
+    /// The connection task, to be woken when a command is set.
+    waker: AtomicWaker,
+}
+
+/// Finish what is in flight, then close (HTTP/1) or send GOAWAY (HTTP/2).
+const GRACEFUL: u8 = 1;
+/// Drop the connection now.
+const ABORT: u8 = 2;
+
+impl Activity {
+    fn command(&self, command: u8) {
+        self.command.fetch_max(command, Relaxed);
+        self.waker.wake();
+    }
 }
 
 #[inline]
 fn bump(counter: &AtomicU64) {
     counter.store(counter.load(Relaxed).wrapping_add(1), Relaxed);
+}
+
+/// The live connections, for the watchdog thread and the drain.
+#[derive(Default)]
+struct Registry {
+    connections: Mutex<HashMap<u64, Watched>>,
+    next_id: AtomicU64,
+}
+
+struct Watched {
+    activity: Arc<Activity>,
+    watchdog: Watchdog,
+    /// A graceful shutdown was requested for idleness; abort at the next tick.
+    closing: bool,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Watched>> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(self: &Arc<Self>, activity: Arc<Activity>, limits: &Limits) -> Registered {
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let watchdog = Watchdog::new(limits, std::time::Instant::now());
+        self.lock().insert(
+            id,
+            Watched {
+                activity,
+                watchdog,
+                closing: false,
+            },
+        );
+        Registered {
+            registry: self.clone(),
+            id,
+        }
+    }
+
+    /// One watchdog pass over every connection.
+    fn sweep(&self, now: std::time::Instant) {
+        for watched in self.lock().values_mut() {
+            let a = &watched.activity;
+            if watched.closing {
+                a.command(ABORT);
+                continue;
+            }
+            let verdict = watched.watchdog.check(
+                now,
+                a.requests.load(Relaxed),
+                a.reads.load(Relaxed),
+                a.h2.load(Relaxed),
+            );
+            match verdict {
+                Verdict::Fine => {}
+                Verdict::HeadTimeout => a.command(ABORT),
+                Verdict::Idle => {
+                    watched.closing = true;
+                    a.command(GRACEFUL);
+                }
+            }
+        }
+    }
+
+    fn drain(&self) {
+        for watched in self.lock().values() {
+            watched.activity.command(GRACEFUL);
+        }
+    }
+}
+
+/// Removes a connection from the registry when its task ends.
+struct Registered {
+    registry: Arc<Registry>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+/// Runs the watchdog on a plain thread, so the runtime's timer wheel holds no
+/// per-connection entries. It ends once `serve` has returned.
+fn spawn_watchdog(registry: &Arc<Registry>, tick: Duration) {
+    let weak = Arc::downgrade(registry);
+    let spawned = std::thread::Builder::new()
+        .name("tokengate-watchdog".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(tick);
+                let Some(registry) = weak.upgrade() else {
+                    return;
+                };
+                registry.sweep(std::time::Instant::now());
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the watchdog thread: header and idle timeouts are not enforced");
+    }
 }
 
 /// The per-connection clock: request-head and idle deadlines, sampled on a
@@ -254,9 +378,9 @@ struct Watchdog {
     /// `(requests, reads)` at the previous tick.
     last: (u64, u64),
     /// When the connection was last seen doing something.
-    active_at: Instant,
+    active_at: std::time::Instant,
     /// When the request head in progress was first seen (accept, for the first).
-    head_since: Option<Instant>,
+    head_since: Option<std::time::Instant>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -266,8 +390,13 @@ enum Verdict {
     Idle,
 }
 
+/// How often the watchdog samples: a quarter of the shorter limit.
+fn tick(limits: &Limits) -> Duration {
+    (limits.header_read_timeout.min(limits.idle_timeout) / 4).max(Duration::from_millis(1))
+}
+
 impl Watchdog {
-    fn new(limits: &Limits, accepted: Instant) -> Self {
+    fn new(limits: &Limits, accepted: std::time::Instant) -> Self {
         Watchdog {
             header_timeout: limits.header_read_timeout,
             idle_timeout: limits.idle_timeout,
@@ -277,12 +406,7 @@ impl Watchdog {
         }
     }
 
-    /// How often to sample: a quarter of the shorter limit.
-    fn tick(&self) -> Duration {
-        (self.header_timeout.min(self.idle_timeout) / 4).max(Duration::from_millis(1))
-    }
-
-    fn check(&mut self, now: Instant, requests: u64, reads: u64, h2: bool) -> Verdict {
+    fn check(&mut self, now: std::time::Instant, requests: u64, reads: u64, h2: bool) -> Verdict {
         let (last_requests, last_reads) = self.last;
         self.last = (requests, reads);
         if requests != last_requests {
@@ -311,15 +435,15 @@ impl Watchdog {
 struct Connection {
     app: Arc<App>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    registry: Arc<Registry>,
     limits: Limits,
-    drain: watch::Receiver<()>,
     peer: SocketAddr,
 }
 
 impl Connection {
-    async fn run(mut self, stream: TcpStream) {
-        let accepted = Instant::now();
+    async fn run(self, stream: TcpStream) {
         let activity = Arc::new(Activity::default());
+        let _registered = self.registry.add(activity.clone(), &self.limits);
         let io = Guarded {
             inner: stream,
             activity: activity.clone(),
@@ -338,56 +462,31 @@ impl Connection {
         });
         let conn = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
-        // Registered once, not re-created on every wake-up of the task.
-        let drain = self.drain.changed();
-        tokio::pin!(drain);
 
-        let mut watchdog = Watchdog::new(&self.limits, accepted);
-        let tick = watchdog.tick();
-        let timer = tokio::time::sleep_until(accepted + tick);
-        tokio::pin!(timer);
-        let mut closing = false;
-        let mut draining = false;
-
-        loop {
-            tokio::select! {
-                biased;
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        debug!(peer = %self.peer, error = %e, "connection ended with an error");
-                    }
-                    return;
+        let mut graceful = false;
+        let result = std::future::poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Some(result));
                 }
-                _ = &mut drain, if !draining => {
-                    draining = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                () = &mut timer => {
-                    let now = Instant::now();
-                    if closing {
-                        debug!(peer = %self.peer, "connection did not close after a graceful shutdown; dropping it");
-                        return;
+                activity.waker.register(cx.waker());
+                match activity.command.load(Relaxed) {
+                    ABORT => return Poll::Ready(None),
+                    GRACEFUL if !graceful => {
+                        graceful = true;
+                        // Must be polled again to take effect.
+                        conn.as_mut().graceful_shutdown();
                     }
-                    let verdict = watchdog.check(
-                        now,
-                        activity.requests.load(Relaxed),
-                        activity.reads.load(Relaxed),
-                        activity.h2.load(Relaxed),
-                    );
-                    match verdict {
-                        Verdict::Fine => {}
-                        Verdict::HeadTimeout => {
-                            debug!(peer = %self.peer, "request head not complete within the header read timeout; closing");
-                            return;
-                        }
-                        Verdict::Idle => {
-                            debug!(peer = %self.peer, "closing idle connection");
-                            closing = true;
-                            conn.as_mut().graceful_shutdown();
-                        }
-                    }
-                    timer.as_mut().reset(now + tick);
+                    _ => return Poll::Pending,
                 }
+            }
+        })
+        .await;
+        match result {
+            Some(Err(e)) => debug!(peer = %self.peer, error = %e, "connection ended with an error"),
+            Some(Ok(())) => {}
+            None => {
+                debug!(peer = %self.peer, "connection dropped by the watchdog (header or idle timeout)")
             }
         }
     }
@@ -449,24 +548,24 @@ impl AsyncWrite for Guarded {
 mod tests {
     use super::*;
 
-    fn dog() -> (Watchdog, Instant) {
+    fn dog() -> (Watchdog, std::time::Instant) {
         let limits = Limits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             ..Limits::default()
         };
-        let t0 = Instant::now();
+        let t0 = std::time::Instant::now();
         (Watchdog::new(&limits, t0), t0)
     }
 
-    fn at(t0: Instant, secs: u64) -> Instant {
+    fn at(t0: std::time::Instant, secs: u64) -> std::time::Instant {
         t0 + Duration::from_secs(secs)
     }
 
     #[test]
     fn first_head_is_timed_from_accept() {
         let (mut w, t0) = dog();
-        assert_eq!(w.tick(), Duration::from_millis(2500));
+        assert_eq!(tick(&Limits::default()), Duration::from_millis(2500));
         assert_eq!(w.check(at(t0, 5), 0, 1, false), Verdict::Fine);
         assert_eq!(w.check(at(t0, 10), 0, 2, false), Verdict::HeadTimeout);
         let (mut w, t0) = dog();
