@@ -215,14 +215,17 @@ impl App {
         if headers.len() > MAX_HEADER_FIELDS {
             return Some(&self.responses.header_fields_too_large);
         }
-        let bytes: usize = headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 4)
-            .sum();
+        // One pass: total header bytes, and the `Host` fields (HTTP/1 only).
+        let mut bytes = 0usize;
+        let mut hosts = 0usize;
+        for (name, value) in headers {
+            bytes += name.as_str().len() + value.len() + 4;
+            hosts += usize::from(name == HOST);
+        }
         if bytes > self.max_header_bytes {
             return Some(&self.responses.header_fields_too_large);
         }
-        if !host_ok(req) {
+        if !host_ok(req.version(), hosts) {
             return Some(&self.responses.bad_request);
         }
         None
@@ -262,16 +265,11 @@ fn is_head<B>(req: &Request<B>) -> bool {
 
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`; no HTTP/1.x
 /// request has two. HTTP/2 carries `:authority` instead.
-fn host_ok<B>(req: &Request<B>) -> bool {
-    let version = req.version();
-    if version == Version::HTTP_2 || version == Version::HTTP_3 {
-        return true;
-    }
-    let mut hosts = req.headers().get_all(HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => false,
-        (None, _) => version != Version::HTTP_11,
-        (Some(_), None) => true,
+fn host_ok(version: Version, hosts: usize) -> bool {
+    match version {
+        Version::HTTP_2 | Version::HTTP_3 => true,
+        Version::HTTP_11 => hosts == 1,
+        _ => hosts <= 1,
     }
 }
 
