@@ -1,0 +1,110 @@
+//! Heap allocations per request: tokengate against the floor (a bare hyper
+//! `service_fn` returning the same static JSON body), counted with dhat.
+//!
+//! A separate test binary, because it installs a counting global allocator.
+//! Client and servers run in one process on a current-thread runtime; the
+//! client code is the same for both servers, so any difference per request is
+//! the server's.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokengate::auth::{Digest, Key, KeySource};
+use tokengate::{App, AppConfig, KeySet, Limits};
+use tokio::net::{TcpListener, TcpStream};
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+const BODY: &[u8] = br#"{"message":"Welcome to the public route!"}"#;
+
+async fn floor(listener: TcpListener) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(|_req: Request<Incoming>| async {
+                let mut resp = Response::new(Full::new(Bytes::from_static(BODY)));
+                resp.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                Ok::<_, Infallible>(resp)
+            });
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+/// Average heap allocations per request over `n` keep-alive requests.
+async fn allocations_per_request(addr: SocketAddr, path: &str, token: Option<&str>, n: u64) -> f64 {
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let one = async |send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>| {
+        let mut req = Request::get(path).header("host", "t");
+        if let Some(t) = token {
+            req = req.header("x-token", t);
+        }
+        let resp = send
+            .send_request(req.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+    };
+    for _ in 0..200 {
+        one(&mut send).await;
+    }
+    let before = dhat::HeapStats::get().total_blocks;
+    for _ in 0..n {
+        one(&mut send).await;
+    }
+    let after = dhat::HeapStats::get().total_blocks;
+    (after - before) as f64 / n as f64
+}
+
+#[test]
+fn the_request_path_allocates_no_more_than_the_floor() {
+    let _profiler = dhat::Profiler::builder().testing().build();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let f = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let t = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (floor_addr, tg_addr) = (f.local_addr().unwrap(), t.local_addr().unwrap());
+        tokio::spawn(floor(f));
+        let mut keys = KeySet::new();
+        keys.insert(Key::new(Digest::of(b"mysecrettoken"), "demo", KeySource::Demo))
+            .unwrap();
+        let app = Arc::new(App::new(keys, &AppConfig::default()).unwrap());
+        tokio::spawn(tokengate::serve(t, app, Limits::default(), std::future::pending()));
+
+        let n = 2000;
+        // The same requests to both (the floor ignores path and token), so
+        // client-side and parsing allocations are alike.
+        let floor = allocations_per_request(floor_addr, "/public", None, n).await;
+        let public = allocations_per_request(tg_addr, "/public", None, n).await;
+        let floor_key = allocations_per_request(floor_addr, "/protected", Some("mysecrettoken"), n).await;
+        let protected = allocations_per_request(tg_addr, "/protected", Some("mysecrettoken"), n).await;
+        eprintln!(
+            "allocations per request (client + server): /public floor {floor:.3} tokengate {public:.3}; \
+             /protected with key floor {floor_key:.3} tokengate {protected:.3}"
+        );
+        // The date header is re-rendered once a second (a few allocations per
+        // second, on both servers): allow for that, nothing per request.
+        assert!(public <= floor + 0.02, "/public: {public:.3} vs floor {floor:.3}");
+        assert!(protected <= floor_key + 0.02, "/protected: {protected:.3} vs floor {floor_key:.3}");
+    });
+}
