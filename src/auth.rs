@@ -162,6 +162,13 @@ impl fmt::Debug for Key {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyId(usize);
 
+impl KeyId {
+    /// The position of the key in its set.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
 /// The set of accepted keys, stored only as SHA-256 digests.
 #[derive(Clone, Default)]
 pub struct KeySet {
@@ -216,6 +223,11 @@ impl KeySet {
     /// The key with this id.
     pub fn key(&self, id: KeyId) -> &Key {
         &self.keys[id.0]
+    }
+
+    /// The key with this id, if the set has it.
+    pub fn get(&self, id: KeyId) -> Option<&Key> {
+        self.keys.get(id.0)
     }
 
     /// Checks a presented token: one SHA-256, one map probe, constant-time equality.

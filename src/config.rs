@@ -98,6 +98,39 @@ pub struct Args {
     /// Failed credential checks allowed in a burst before the rate applies.
     #[arg(long, env = "TOKENGATE_AUTH_FAILURE_BURST", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N")]
     pub auth_failure_burst: u32,
+
+    /// After SIGINT/SIGTERM, keep accepting this long while /readyz answers 503.
+    #[arg(long, env = "TOKENGATE_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration_or_zero, value_name = "DURATION")]
+    pub shutdown_delay: Duration,
+
+    /// Serve /metrics without a key.
+    #[arg(long, env = "TOKENGATE_METRICS_PUBLIC")]
+    pub metrics_public: bool,
+
+    /// Write one access-log line per request to stdout.
+    #[arg(long, env = "TOKENGATE_ACCESS_LOG")]
+    pub access_log: bool,
+
+    /// Format of every log line: text or json.
+    #[arg(long, env = "TOKENGATE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], value_name = "FORMAT")]
+    pub log_format: String,
+
+    /// Reload the token file when it changes (also on SIGHUP, always).
+    #[arg(long, env = "TOKENGATE_WATCH_TOKEN_FILE")]
+    pub watch_token_file: bool,
+
+    /// Bind with SO_REUSEPORT, so a new process can take the port before the old one drains.
+    #[arg(long, env = "TOKENGATE_REUSE_PORT")]
+    pub reuse_port: bool,
+}
+
+/// Like [`parse_duration`], but zero is allowed.
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (write durations like 10s, 500ms or 2m)"))
 }
 
 /// Subcommands.
@@ -126,6 +159,14 @@ pub struct Config {
     pub keys: KeySet,
     /// True when no key source was configured and the demo key is in use.
     pub demo_key: bool,
+    /// Where keys come from, to reload them (SIGHUP, --watch-token-file).
+    pub sources: KeySources,
+    /// `--log-format json`.
+    pub log_json: bool,
+    /// `--watch-token-file`.
+    pub watch_token_file: bool,
+    /// `--reuse-port`.
+    pub reuse_port: bool,
     /// Token header and realm.
     pub app: AppConfig,
     /// Connection limits and timeouts.
@@ -296,34 +337,26 @@ pub fn parse_key_file(text: &str, path: &str, keys: &mut KeySet) -> Result<(), C
 impl Config {
     /// Validates parsed arguments. `env_token` is the value of `TOKENGATE_TOKEN`, if set.
     pub fn from_args(args: &Args, env_token: Option<OsString>) -> Result<Config, ConfigError> {
-        let mut keys = KeySet::new();
-        if let Some(raw) = env_token {
-            let token = Zeroizing::new(raw.into_string().map_err(|raw| {
-                zeroize_os(raw);
-                ConfigError::EnvToken(TokenProblem::NotUtf8)
-            })?);
-            validate_token(&token).map_err(ConfigError::EnvToken)?;
-            let key = Key::new(Digest::of(token.as_bytes()), "env", KeySource::Env);
-            // The set is empty: the first insert cannot collide.
-            keys.insert(key)
-                .expect("the first key of an empty set is unique");
-        }
-        if let Some(path) = &args.token_file {
-            let shown = path.display().to_string();
-            let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-                ConfigError::FileRead {
-                    path: shown.clone(),
-                    source,
-                }
-            })?);
-            parse_key_file(&text, &shown, &mut keys)?;
-        }
-        let demo_key = keys.is_empty();
-        if demo_key {
-            let key = Key::new(Digest::of(DEMO_TOKEN.as_bytes()), "demo", KeySource::Demo);
-            keys.insert(key)
-                .expect("the first key of an empty set is unique");
-        }
+        let env_key = match env_token {
+            None => None,
+            Some(raw) => {
+                let token = Zeroizing::new(raw.into_string().map_err(|raw| {
+                    zeroize_os(raw);
+                    ConfigError::EnvToken(TokenProblem::NotUtf8)
+                })?);
+                validate_token(&token).map_err(ConfigError::EnvToken)?;
+                Some(Key::new(
+                    Digest::of(token.as_bytes()),
+                    "env",
+                    KeySource::Env,
+                ))
+            }
+        };
+        let sources = KeySources {
+            env_key,
+            token_file: args.token_file.clone(),
+        };
+        let (keys, demo_key) = sources.load()?;
 
         let token_header = HeaderName::try_from(args.token_header.trim())
             .map_err(|_| ConfigError::TokenHeader(args.token_header.clone()))?;
@@ -347,6 +380,8 @@ impl Config {
             realm: args.realm.clone(),
             max_header_bytes: args.max_header_bytes as usize,
             throttle,
+            metrics_public: args.metrics_public,
+            access_log: args.access_log,
         };
         crate::responses::Responses::new(&app.realm)
             .map_err(|e| ConfigError::Realm(args.realm.clone(), e))?;
@@ -355,6 +390,10 @@ impl Config {
             listen: args.listen,
             keys,
             demo_key,
+            sources,
+            log_json: args.log_format == "json",
+            watch_token_file: args.watch_token_file,
+            reuse_port: args.reuse_port,
             app,
             limits: Limits {
                 max_connections: args.max_connections as usize,
@@ -362,8 +401,49 @@ impl Config {
                 idle_timeout: args.idle_timeout,
                 shutdown_timeout: args.shutdown_timeout,
                 max_header_bytes: args.max_header_bytes as usize,
+                shutdown_delay: args.shutdown_delay,
             },
         })
+    }
+}
+
+/// Where the keys come from: the `TOKENGATE_TOKEN` key (hashed once at
+/// start-up; the environment cannot change later) and the key file, which is
+/// read again on every reload.
+#[derive(Debug, Clone, Default)]
+pub struct KeySources {
+    /// The key from `TOKENGATE_TOKEN`, if set.
+    pub env_key: Option<Key>,
+    /// `--token-file`, if set.
+    pub token_file: Option<PathBuf>,
+}
+
+impl KeySources {
+    /// Builds and validates the key set; `true` when the demo key is used.
+    pub fn load(&self) -> Result<(KeySet, bool), ConfigError> {
+        let mut keys = KeySet::new();
+        if let Some(key) = &self.env_key {
+            // The set is empty: the first insert cannot collide.
+            keys.insert(key.clone())
+                .expect("the first key of an empty set is unique");
+        }
+        if let Some(path) = &self.token_file {
+            let shown = path.display().to_string();
+            let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+                ConfigError::FileRead {
+                    path: shown.clone(),
+                    source,
+                }
+            })?);
+            parse_key_file(&text, &shown, &mut keys)?;
+        }
+        let demo = keys.is_empty();
+        if demo {
+            let key = Key::new(Digest::of(DEMO_TOKEN.as_bytes()), "demo", KeySource::Demo);
+            keys.insert(key)
+                .expect("the first key of an empty set is unique");
+        }
+        Ok((keys, demo))
     }
 }
 

@@ -23,6 +23,8 @@
 
 pub mod auth;
 pub mod config;
+pub mod metrics;
+pub mod reload;
 pub mod responses;
 pub mod routes;
 pub mod server;

@@ -6,16 +6,20 @@ use std::sync::Arc;
 
 use clap::Parser;
 use tokengate::config::{self, Args, Command, Config, TOKEN_ENV};
-use tokengate::{App, serve, shutdown};
+use tokengate::{App, reload, serve, shutdown};
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.command == Some(Command::HashToken) {
         return hash_token();
     }
-    init_logging();
+    let json = args.log_format == "json";
+    let access = init_logging(json, args.access_log);
     let config = match Config::from_args(&args, std::env::var_os(TOKEN_ENV)) {
         Ok(config) => config,
         Err(e) => {
@@ -34,10 +38,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config))
+    let code = runtime.block_on(run(
+        config,
+        access.as_ref().map(|(_, dropped)| dropped.clone()),
+    ));
+    // Flushes the access log's writer thread.
+    drop(access);
+    code
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(
+    config: Config,
+    access_dropped: Option<tracing_appender::non_blocking::ErrorCounter>,
+) -> ExitCode {
     let app = match App::new(config.keys.clone(), &config.app) {
         Ok(app) => Arc::new(app),
         Err(e) => {
@@ -45,7 +58,11 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    if let Some(dropped) = access_dropped {
+        app.metrics()
+            .set_log_dropped_source(Arc::new(move || dropped.dropped_lines() as u64));
+    }
+    let (listener, origin) = match listener(&config) {
         Ok(l) => l,
         Err(e) => {
             error!(listen = %config.listen, error = %e, "cannot bind");
@@ -62,21 +79,110 @@ async fn run(config: Config) -> ExitCode {
     let labels: Vec<&str> = config.keys.keys().iter().map(|k| k.label()).collect();
     info!(
         address = %local,
+        socket = origin,
         protocols = "http/1.1, h2c",
         keys = ?labels,
         "tokengate listening on http://{local}"
     );
+    tokio::spawn(reload::run(
+        app.clone(),
+        config.sources.clone(),
+        config.watch_token_file,
+    ));
     serve(listener, app, config.limits.clone(), shutdown::signal()).await;
     ExitCode::SUCCESS
 }
 
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+/// The listening socket: inherited from systemd (`LISTEN_FDS`), bound with
+/// `SO_REUSEPORT` (`--reuse-port`), or bound plainly.
+fn listener(config: &Config) -> std::io::Result<(tokio::net::TcpListener, &'static str)> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if let Some(std_listener) = fds.take_tcp_listener(0)? {
+        std_listener.set_nonblocking(true)?;
+        return Ok((
+            tokio::net::TcpListener::from_std(std_listener)?,
+            "inherited (LISTEN_FDS)",
+        ));
+    }
+    if config.reuse_port {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(
+            Domain::for_address(config.listen),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&config.listen.into())?;
+        socket.listen(1024)?;
+        let std_listener: std::net::TcpListener = socket.into();
+        return Ok((
+            tokio::net::TcpListener::from_std(std_listener)?,
+            "bound (SO_REUSEPORT)",
+        ));
+    }
+    let std_listener = std::net::TcpListener::bind(config.listen)?;
+    std_listener.set_nonblocking(true)?;
+    Ok((tokio::net::TcpListener::from_std(std_listener)?, "bound"))
+}
+
+type Access = (
+    tracing_appender::non_blocking::WorkerGuard,
+    tracing_appender::non_blocking::ErrorCounter,
+);
+
+/// Logs go to stderr (filter from `RUST_LOG`, default `info`); with
+/// `--access-log`, one line per request goes to stdout through a non-blocking
+/// writer: a stalled stdout drops lines (counted) instead of stalling requests.
+fn init_logging(json: bool, access_log: bool) -> Option<Access> {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(
+            "tokengate::access=off"
+                .parse()
+                .expect("a valid static directive"),
+        );
+    let ansi = std::io::stderr().is_terminal() && !json;
+    let stderr: Box<dyn Layer<Registry> + Send + Sync> = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
+    };
+    let mut access = None;
+    let access_layer: Option<Box<dyn Layer<Registry> + Send + Sync>> = access_log.then(|| {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(64 * 1024)
+            .finish(std::io::stdout());
+        access = Some((guard, writer.error_counter()));
+        let only_access = Targets::new().with_target("tokengate::access", tracing::Level::INFO);
+        if json {
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(writer)
+                .with_filter(only_access)
+                .boxed()
+        } else {
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(writer)
+                .with_filter(only_access)
+                .boxed()
+        }
+    });
+    let mut layers = vec![stderr];
+    layers.extend(access_layer);
+    tracing_subscriber::registry().with(layers).init();
+    access
 }
 
 fn hash_token() -> ExitCode {

@@ -8,11 +8,19 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Instant;
 
-use http::header::HOST;
-use http::{HeaderName, HeaderValue, Method, Request, Response, Version};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::Full;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::auth::{KeyId, KeySet, Outcome};
+use crate::metrics::{AuthMetric, Metrics, OTHER_ROUTE};
 use crate::responses::{self, Body, Prebuilt, Responses};
 use crate::throttle::{Throttle, ThrottleConfig};
 
@@ -32,23 +40,65 @@ pub enum Access {
     Protected,
 }
 
-/// The route table: path, access, and the `message` of the 200 body.
-/// Adding a protected route is one line here.
-pub const ROUTES: &[(&str, Access, &str)] = &[
-    ("/public", Access::Public, "Welcome to the public route!"),
+/// What a route answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handler {
+    /// `{"message": …}`, the FastAPI contract.
+    Message(&'static str),
+    /// Liveness: `{"status":"ok"}` while the process serves.
+    Health,
+    /// Readiness: `{"status":"ready"}`, or 503 `{"status":"draining"}` once
+    /// shutdown has begun.
+    Ready,
+    /// The Prometheus exposition.
+    Metrics,
+}
+
+/// The route table: path, access, handler. Adding a protected route is one
+/// line here. (`--metrics-public` makes `/metrics` public.)
+pub const ROUTES: &[(&str, Access, Handler)] = &[
+    (
+        "/public",
+        Access::Public,
+        Handler::Message("Welcome to the public route!"),
+    ),
     (
         "/protected",
         Access::Protected,
-        "You have access to the protected route!",
+        Handler::Message("You have access to the protected route!"),
     ),
+    ("/healthz", Access::Public, Handler::Health),
+    ("/readyz", Access::Public, Handler::Ready),
+    ("/metrics", Access::Protected, Handler::Metrics),
 ];
+
+const OPENMETRICS: HeaderValue =
+    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 struct Route {
     path: &'static str,
     access: Access,
+    handler: Handler,
+    /// The prebuilt answer (200 for messages, health and readiness).
     ok: Prebuilt,
     /// `location` of the 307 for the path with one trailing slash.
     redirect_to: HeaderValue,
+}
+
+/// What the guard decided for a request.
+enum Decision {
+    /// Let it through.
+    Allow(AuthResult),
+    /// Answer with this rejection.
+    Deny(Response<Body>, AuthResult),
+}
+
+/// The accepted keys and, aligned with them, their `ok` metric counters:
+/// swapped together, atomically, on reload.
+struct Live {
+    keys: KeySet,
+    ok: Vec<Counter>,
 }
 
 /// What the guard decided, for metrics and logs.
@@ -69,11 +119,15 @@ pub enum AuthResult {
 /// The application: route table, key set and prebuilt responses.
 pub struct App {
     routes: Vec<Route>,
-    keys: KeySet,
+    live: ArcSwap<Live>,
     token_header: HeaderName,
     responses: Responses,
     max_header_bytes: usize,
     throttle: Option<Throttle>,
+    metrics: Metrics,
+    draining: AtomicBool,
+    access_log: bool,
+    ready_draining: Prebuilt,
 }
 
 /// Settings of the application that are not keys.
@@ -87,6 +141,10 @@ pub struct AppConfig {
     pub max_header_bytes: usize,
     /// The failed-credential limit; `None` disables throttling.
     pub throttle: Option<ThrottleConfig>,
+    /// Serve `/metrics` without a key.
+    pub metrics_public: bool,
+    /// Emit one `tokengate::access` event per request.
+    pub access_log: bool,
 }
 
 impl Default for AppConfig {
@@ -96,8 +154,14 @@ impl Default for AppConfig {
             realm: "tokengate".to_owned(),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             throttle: Some(ThrottleConfig::default()),
+            metrics_public: false,
+            access_log: false,
         }
     }
+}
+
+fn status_body(status: StatusCode, text: &str) -> Prebuilt {
+    Prebuilt::json(status, &serde_json::json!({ "status": text })).header(CACHE_CONTROL, NO_STORE)
 }
 
 impl App {
@@ -105,11 +169,21 @@ impl App {
     pub fn new(keys: KeySet, config: &AppConfig) -> Result<Self, responses::InvalidRealm> {
         let routes = ROUTES
             .iter()
-            .map(|&(path, access, text)| {
-                let ok = responses::message(text);
+            .map(|&(path, access, handler)| {
+                let access = match handler {
+                    Handler::Metrics if config.metrics_public => Access::Public,
+                    _ => access,
+                };
+                let ok = match handler {
+                    Handler::Message(text) => responses::message(text),
+                    Handler::Health => status_body(StatusCode::OK, "ok"),
+                    Handler::Ready => status_body(StatusCode::OK, "ready"),
+                    Handler::Metrics => Prebuilt::empty(StatusCode::OK),
+                };
                 Route {
                     path,
                     access,
+                    handler,
                     ok: match access {
                         Access::Public => ok,
                         Access::Protected => responses::protected(ok),
@@ -118,19 +192,42 @@ impl App {
                 }
             })
             .collect();
+        let metrics = Metrics::new();
+        let ok = metrics.key_counters(&keys);
         Ok(App {
             routes,
-            keys,
+            live: ArcSwap::from_pointee(Live { keys, ok }),
             token_header: config.token_header.clone(),
             responses: Responses::new(&config.realm)?,
             max_header_bytes: config.max_header_bytes,
             throttle: config.throttle.map(Throttle::new),
+            metrics,
+            draining: AtomicBool::new(false),
+            access_log: config.access_log,
+            ready_draining: status_body(StatusCode::SERVICE_UNAVAILABLE, "draining"),
         })
     }
 
-    /// The configured keys.
-    pub fn keys(&self) -> &KeySet {
-        &self.keys
+    /// A snapshot of the accepted keys.
+    pub fn keys(&self) -> KeySet {
+        self.live.load().keys.clone()
+    }
+
+    /// Replaces the accepted keys atomically: a request in flight finishes
+    /// with the set it started with.
+    pub fn replace_keys(&self, keys: KeySet) {
+        let ok = self.metrics.key_counters(&keys);
+        self.live.store(Arc::new(Live { keys, ok }));
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Shutdown has begun: `/readyz` answers 503 from now on.
+    pub fn begin_draining(&self) {
+        self.draining.store(true, Relaxed);
     }
 
     /// The prebuilt responses.
@@ -138,72 +235,156 @@ impl App {
         &self.responses
     }
 
-    /// Answers a request from `peer`. The body is never read: no route takes one.
+    /// Answers a request from `peer`, and records it (metrics, access log).
+    /// The body is never read: no route takes one.
     #[inline]
     pub fn handle<B>(&self, req: &Request<B>, peer: IpAddr) -> Response<Body> {
-        self.route(req, peer).0
+        let start = Instant::now();
+        let (response, auth, route) = self.route(req, peer);
+        let elapsed = start.elapsed();
+        self.metrics.record(route, response.status(), elapsed);
+        if self.access_log {
+            self.log_access(req, peer, &response, auth, elapsed);
+        }
+        response
     }
 
-    /// Answers a request and reports what the guard decided.
-    pub fn route<B>(&self, req: &Request<B>, peer: IpAddr) -> (Response<Body>, AuthResult) {
+    /// Answers a request; reports what the guard decided and the route's
+    /// metric index.
+    pub fn route<B>(&self, req: &Request<B>, peer: IpAddr) -> (Response<Body>, AuthResult, usize) {
         let head = is_head(req);
         if let Some(rejection) = self.check_head(req) {
-            return (rejection.respond(head), AuthResult::NotChecked);
+            return (rejection.respond(head), AuthResult::NotChecked, OTHER_ROUTE);
         }
         let path = normalize(req.uri().path());
-        let Some(route) = self.routes.iter().find(|r| r.path == path) else {
+        let Some(index) = self.routes.iter().position(|r| r.path == path) else {
             return (
                 self.not_found_or_redirect(req, &path, head),
                 AuthResult::NotChecked,
+                OTHER_ROUTE,
             );
         };
+        let route = &self.routes[index];
         match *req.method() {
             Method::GET | Method::HEAD => {}
             Method::OPTIONS => {
                 return (
                     self.responses.options.respond(false),
                     AuthResult::NotChecked,
+                    index,
                 );
             }
             _ => {
                 return (
                     self.responses.method_not_allowed.respond(head),
                     AuthResult::NotChecked,
+                    index,
                 );
             }
         }
-        match route.access {
-            Access::Public => (route.ok.respond(head), AuthResult::NotChecked),
-            Access::Protected => self.guard(req, peer, &route.ok, head),
+        let auth = match route.access {
+            Access::Public => AuthResult::NotChecked,
+            Access::Protected => match self.guard(req, peer, head) {
+                Decision::Allow(auth) => auth,
+                Decision::Deny(response, auth) => return (response, auth, index),
+            },
+        };
+        (self.answer(route, head), auth, index)
+    }
+
+    fn answer(&self, route: &Route, head: bool) -> Response<Body> {
+        match route.handler {
+            Handler::Message(_) | Handler::Health => route.ok.respond(head),
+            Handler::Ready if self.draining.load(Relaxed) => self.ready_draining.respond(head),
+            Handler::Ready => route.ok.respond(head),
+            Handler::Metrics => {
+                let text = self.metrics.render();
+                let length = HeaderValue::from(text.len());
+                let mut response = route.ok.respond(head);
+                *response.body_mut() = Full::new(if head {
+                    Bytes::new()
+                } else {
+                    Bytes::from(text)
+                });
+                let headers = response.headers_mut();
+                headers.insert(CONTENT_TYPE, OPENMETRICS);
+                headers.insert(CACHE_CONTROL, NO_STORE);
+                headers.insert(CONTENT_LENGTH, length);
+                response
+            }
         }
     }
 
     /// The one guard of protected routes: throttling, then the key check.
-    fn guard<B>(
-        &self,
-        req: &Request<B>,
-        peer: IpAddr,
-        ok: &Prebuilt,
-        head: bool,
-    ) -> (Response<Body>, AuthResult) {
+    fn guard<B>(&self, req: &Request<B>, peer: IpAddr, head: bool) -> Decision {
         if let Some(wait) = self.throttle.as_ref().and_then(|t| t.blocked(peer)) {
-            return (self.too_many(wait, head), AuthResult::Throttled);
+            self.metrics.record_auth(AuthMetric::Throttled, &[]);
+            return Decision::Deny(self.too_many(wait, head), AuthResult::Throttled);
         }
-        let outcome = self.keys.check(req.headers(), &self.token_header);
-        let failed = match outcome {
-            Outcome::Valid(id) => return (ok.respond(head), AuthResult::Valid(id)),
-            Outcome::Missing => (&self.responses.unauthorized_missing, AuthResult::Missing),
-            Outcome::Invalid => (&self.responses.unauthorized_invalid, AuthResult::Invalid),
+        let live = self.live.load();
+        let outcome = live.keys.check(req.headers(), &self.token_header);
+        let (failed, result, metric) = match outcome {
+            Outcome::Valid(id) => {
+                self.metrics
+                    .record_auth(AuthMetric::Ok(id.index()), &live.ok);
+                return Decision::Allow(AuthResult::Valid(id));
+            }
+            Outcome::Missing => (
+                &self.responses.unauthorized_missing,
+                AuthResult::Missing,
+                AuthMetric::Missing,
+            ),
+            Outcome::Invalid => (
+                &self.responses.unauthorized_invalid,
+                AuthResult::Invalid,
+                AuthMetric::Invalid,
+            ),
         };
         if let Some(wait) = self.throttle.as_ref().and_then(|t| t.record_failure(peer)) {
-            return (self.too_many(wait, head), AuthResult::Throttled);
+            self.metrics.record_auth(AuthMetric::Throttled, &[]);
+            return Decision::Deny(self.too_many(wait, head), AuthResult::Throttled);
         }
-        (failed.0.respond(head), failed.1)
+        self.metrics.record_auth(metric, &live.ok);
+        Decision::Deny(failed.respond(head), result)
     }
 
     fn too_many(&self, wait: std::time::Duration, head: bool) -> Response<Body> {
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         responses::with_retry_after(self.responses.too_many_requests.respond(head), seconds)
+    }
+
+    /// One access-log event: never a header value, a token or a query string.
+    #[cold]
+    fn log_access<B>(
+        &self,
+        req: &Request<B>,
+        peer: IpAddr,
+        response: &Response<Body>,
+        auth: AuthResult,
+        elapsed: std::time::Duration,
+    ) {
+        let live;
+        let key = match auth {
+            AuthResult::Valid(id) => {
+                live = self.live.load();
+                live.keys.get(id).map_or("-", |k| k.label())
+            }
+            _ => "-",
+        };
+        let bytes = http_body::Body::size_hint(response.body())
+            .exact()
+            .unwrap_or(0);
+        tracing::info!(
+            target: "tokengate::access",
+            peer = %peer,
+            method = %req.method(),
+            path = %req.uri().path(),
+            protocol = ?req.version(),
+            status = response.status().as_u16(),
+            bytes,
+            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            key = %key,
+        );
     }
 
     /// Limits on the request head, and the `Host` rules; `None` when fine.

@@ -50,6 +50,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::metrics::Protocol;
 use crate::routes::App;
 
 /// Limits on what clients may hold; see the README's configuration table.
@@ -65,6 +66,9 @@ pub struct Limits {
     pub shutdown_timeout: Duration,
     /// The application's `--max-header-bytes`; hyper's own hard limits are set above it.
     pub max_header_bytes: usize,
+    /// After the shutdown signal, keep accepting this long while `/readyz`
+    /// already answers 503, so load balancers stop sending first.
+    pub shutdown_delay: Duration,
 }
 
 impl Default for Limits {
@@ -75,6 +79,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
             max_header_bytes: crate::routes::DEFAULT_MAX_HEADER_BYTES,
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -94,18 +99,32 @@ where
     spawn_watchdog(&registry, tick(&limits));
     let mut connections = JoinSet::new();
     let mut accept_errors = AcceptErrors::default();
-    tokio::pin!(shutdown);
+    // Resolves when accepting must stop: the shutdown signal, then the
+    // `--shutdown-delay` during which `/readyz` already answers 503.
+    let stop = {
+        let app = app.clone();
+        let delay = limits.shutdown_delay;
+        async move {
+            shutdown.await;
+            app.begin_draining();
+            if !delay.is_zero() {
+                info!(delay = ?delay, "shutdown signal: /readyz now answers 503; still accepting for the shutdown delay");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    };
+    tokio::pin!(stop);
 
     loop {
         // Take a slot first: past the cap, connections wait in the kernel backlog.
         let permit = tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut stop => break,
             permit = permits.clone().acquire_owned() => {
                 permit.expect("the semaphore is never closed")
             }
         };
         let accepted = tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut stop => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -113,7 +132,7 @@ where
             Err(e) => {
                 if let Some(pause) = accept_errors.record(&e) {
                     tokio::select! {
-                        () = &mut shutdown => break,
+                        () = &mut stop => break,
                         () = tokio::time::sleep(pause) => {}
                     }
                 }
@@ -121,7 +140,6 @@ where
             }
         };
         while connections.try_join_next().is_some() {}
-        let _ = stream.set_nodelay(true);
         let conn = Connection {
             app: app.clone(),
             builder: builder.clone(),
@@ -129,13 +147,33 @@ where
             limits: limits.clone(),
             peer,
         };
-        connections.spawn(async move {
-            conn.run(stream).await;
-            drop(permit);
-        });
+        connections.spawn(conn.run(stream, Some(permit)));
     }
 
-    drop(listener);
+    app.begin_draining();
+    // From here on, new connections are told to finish at once.
+    registry.draining.store(true, Relaxed);
+    // Connections already in this listener's queue would be reset when it
+    // closes (Linux, unless net.ipv4.tcp_migrate_req=1 hands them to another
+    // SO_REUSEPORT listener): accept and serve them before closing it.
+    if let Ok(std_listener) = listener.into_std() {
+        let _ = std_listener.set_nonblocking(true);
+        while let Ok((stream, peer)) = std_listener.accept() {
+            let stream = stream
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(stream));
+            if let Ok(stream) = stream {
+                let conn = Connection {
+                    app: app.clone(),
+                    builder: builder.clone(),
+                    registry: registry.clone(),
+                    limits: limits.clone(),
+                    peer,
+                };
+                connections.spawn(conn.run(stream, permits.clone().try_acquire_owned().ok()));
+            }
+        }
+    }
     while connections.try_join_next().is_some() {}
     let open = connections.len();
     info!(
@@ -275,6 +313,8 @@ fn bump(counter: &AtomicU64) {
 struct Registry {
     connections: Mutex<HashMap<u64, Watched>>,
     next_id: AtomicU64,
+    /// Shutdown has begun: connections registered from now on finish at once.
+    draining: AtomicBool,
 }
 
 struct Watched {
@@ -292,7 +332,11 @@ impl Registry {
     fn add(self: &Arc<Self>, activity: Arc<Activity>, limits: &Limits) -> Registered {
         let id = self.next_id.fetch_add(1, Relaxed);
         let watchdog = Watchdog::new(limits, std::time::Instant::now());
-        self.lock().insert(
+        let mut connections = self.lock();
+        if self.draining.load(Relaxed) {
+            activity.command(GRACEFUL);
+        }
+        connections.insert(
             id,
             Watched {
                 activity,
@@ -441,9 +485,13 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(self, stream: TcpStream) {
+    /// Serves one connection; the permit (a connection slot) is released at the end.
+    async fn run(self, stream: TcpStream, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
+        let _permit = permit;
+        let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::default());
         let _registered = self.registry.add(activity.clone(), &self.limits);
+        let _open = OpenConnection::new(self.app.clone());
         let io = Guarded {
             inner: stream,
             activity: activity.clone(),
@@ -452,10 +500,16 @@ impl Connection {
         let seen = activity.clone();
         let peer_ip = self.peer.ip();
         let service = service_fn(move |req: Request<Incoming>| {
-            bump(&seen.requests);
-            if req.version() == Version::HTTP_2 {
-                seen.h2.store(true, Relaxed);
+            if seen.requests.load(Relaxed) == 0 {
+                let protocol = if req.version() == Version::HTTP_2 {
+                    seen.h2.store(true, Relaxed);
+                    Protocol::H2
+                } else {
+                    Protocol::H1
+                };
+                app.metrics().accepted(protocol);
             }
+            bump(&seen.requests);
             // The request (and its body, unread) is dropped here: hyper then
             // closes an HTTP/1 connection whose body was not consumed.
             std::future::ready(Ok::<_, Infallible>(app.handle(&req, peer_ip)))
@@ -489,6 +543,22 @@ impl Connection {
                 debug!(peer = %self.peer, "connection dropped by the watchdog (header or idle timeout)")
             }
         }
+    }
+}
+
+/// Keeps the open-connections gauge: up while the connection task lives.
+struct OpenConnection(Arc<App>);
+
+impl OpenConnection {
+    fn new(app: Arc<App>) -> Self {
+        app.metrics().connection_opened();
+        OpenConnection(app)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.metrics().connection_closed();
     }
 }
 

@@ -90,8 +90,38 @@ impl From<IpAddr> for ClientKey {
     }
 }
 
+/// A fixed-capacity LRU table. The map grows on demand (an idle server holds
+/// no table memory) and never past `capacity`: the least recently used entry
+/// is evicted first.
+struct Bounded<V> {
+    map: Mutex<LruCache<ClientKey, V>>,
+    capacity: usize,
+}
+
+impl<V> Bounded<V> {
+    fn new(capacity: NonZeroUsize) -> Self {
+        Bounded {
+            map: Mutex::new(LruCache::unbounded()),
+            capacity: capacity.get(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<ClientKey, V>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn bounded_put<V>(map: &mut LruCache<ClientKey, V>, capacity: usize, key: ClientKey, value: V) {
+    if !map.contains(&key) {
+        while map.len() >= capacity {
+            map.pop_lru();
+        }
+    }
+    map.put(key, value);
+}
+
 /// A bounded, LRU-evicting state store for governor.
-struct LruStore(Arc<Mutex<LruCache<ClientKey, Nanos>>>);
+struct LruStore(Arc<Bounded<Nanos>>);
 
 impl StateStore for LruStore {
     type Key = ClientKey;
@@ -100,13 +130,10 @@ impl StateStore for LruStore {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let mut map = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = self.0.lock();
         let current = map.get(key).copied();
         let (result, next) = f(current)?;
-        map.put(*key, next);
+        bounded_put(&mut map, self.0.capacity, *key, next);
         Ok(result)
     }
 }
@@ -116,9 +143,9 @@ pub struct Throttle {
     limiter: RateLimiter<ClientKey, LruStore, MonotonicClock, NoOpMiddleware<Instant>>,
     clock: MonotonicClock,
     /// The limiter's bucket states (shared with it), for sizing.
-    states: Arc<Mutex<LruCache<ClientKey, Nanos>>>,
+    states: Arc<Bounded<Nanos>>,
     /// Addresses over the limit, with the instant they may try again.
-    blocked: Mutex<LruCache<ClientKey, Instant>>,
+    blocked: Bounded<Instant>,
     /// Entries in `blocked`: lets the common case skip the lock entirely.
     blocked_len: AtomicUsize,
 }
@@ -138,20 +165,20 @@ impl Throttle {
         let quota = Quota::with_period(per_cell.max(Duration::from_nanos(1)))
             .expect("the period is at least one nanosecond")
             .allow_burst(config.burst);
-        let states = Arc::new(Mutex::new(LruCache::new(config.capacity)));
+        let states = Arc::new(Bounded::new(config.capacity));
         let clock = MonotonicClock;
         Throttle {
             limiter: RateLimiter::new(quota, LruStore(states.clone()), clock.clone()),
             clock,
             states,
-            blocked: Mutex::new(LruCache::new(config.capacity)),
+            blocked: Bounded::new(config.capacity),
             blocked_len: AtomicUsize::new(0),
         }
     }
 
     /// Number of client addresses whose bucket is tracked.
     pub fn tracked(&self) -> usize {
-        self.states.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.states.lock().len()
     }
 
     /// If `ip` is over its limit now, how long until it may try again.
@@ -161,7 +188,7 @@ impl Throttle {
             return None;
         }
         let key = ClientKey::from(ip);
-        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut blocked = self.blocked.lock();
         let until = *blocked.peek(&key)?;
         let now = Instant::now();
         if until > now {
@@ -178,8 +205,13 @@ impl Throttle {
         let key = ClientKey::from(ip);
         let not_until = self.limiter.check_key(&key).err()?;
         let wait = not_until.wait_time_from(self.clock.now());
-        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
-        blocked.put(key, Instant::now() + wait);
+        let mut blocked = self.blocked.lock();
+        bounded_put(
+            &mut blocked,
+            self.blocked.capacity,
+            key,
+            Instant::now() + wait,
+        );
         self.blocked_len.store(blocked.len(), Relaxed);
         Some(wait)
     }
@@ -236,7 +268,7 @@ mod tests {
             t.record_failure(ip);
         }
         assert_eq!(t.tracked(), 8);
-        assert!(t.blocked.lock().unwrap().len() <= 8);
+        assert!(t.blocked.lock().len() <= 8);
         // The newest addresses are still blocked; the oldest were evicted.
         assert!(t.blocked(IpAddr::from(999u32.to_be_bytes())).is_some());
         assert!(t.blocked(IpAddr::from(0u32.to_be_bytes())).is_none());

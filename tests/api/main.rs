@@ -14,6 +14,7 @@ mod fuzz;
 mod h2abuse;
 mod hostile;
 mod lifecycle;
+mod ops;
 mod raw;
 mod secrets;
 mod throttle;

@@ -189,7 +189,7 @@ pub fn statuses(transcript: &str) -> Vec<u16> {
         .collect()
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
+pub const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 
 pub struct Spawned {
     pub child: Child,
@@ -217,7 +217,12 @@ pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
 impl Spawned {
     /// Starts the binary on 127.0.0.1:0 and learns its address from the log.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Spawned {
-        let mut all = vec!["--listen", "127.0.0.1:0"];
+        Spawned::start_at("127.0.0.1:0", args, env).await
+    }
+
+    /// Starts the binary on a given address.
+    pub async fn start_at(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Spawned {
+        let mut all = vec!["--listen", listen];
         all.extend_from_slice(args);
         Spawned::from_command(command(&all, env)).await
     }

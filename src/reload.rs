@@ -1,0 +1,102 @@
+//! Key rotation without restart. SIGHUP re-reads the key file; with
+//! `--watch-token-file` its directory is watched too, which also catches the
+//! way Kubernetes updates a mounted Secret (the `..data` symlink is swapped).
+//!
+//! A new key set is parsed and validated in full, then swapped in atomically
+//! ([`App::replace_keys`]); requests in flight finish with the set they
+//! started with. A file that fails validation leaves the old set in place,
+//! logs an error naming the file and line (never a secret), and is counted in
+//! `tokengate_key_reloads_total{result="failure"}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::config::{ConfigError, KeySources};
+use crate::routes::App;
+
+/// Reloads the keys once; on failure the previous keys stay in place.
+pub fn reload(app: &App, sources: &KeySources) -> Result<usize, ConfigError> {
+    match sources.load() {
+        Ok((keys, _demo)) => {
+            let labels: Vec<String> = keys.keys().iter().map(|k| k.label().to_owned()).collect();
+            let n = keys.len();
+            app.replace_keys(keys);
+            app.metrics().reloaded(true);
+            info!(keys = ?labels, "keys reloaded");
+            Ok(n)
+        }
+        Err(e) => {
+            app.metrics().reloaded(false);
+            error!("key reload failed, keeping the previous keys: {e}");
+            Err(e)
+        }
+    }
+}
+
+/// Waits for SIGHUP (and file changes, with `watch`) and reloads, for ever.
+pub async fn run(app: Arc<App>, sources: KeySources, watch: bool) {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        info!("SIGHUP received: reloading keys");
+                        let _ = tx.try_send(());
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP; keys reload only with --watch-token-file")
+            }
+        }
+    }
+
+    // Kept alive for as long as this task runs.
+    let _watcher = match (&sources.token_file, watch) {
+        (Some(path), true) => watch_file(path, tx.clone()),
+        _ => None,
+    };
+    drop(tx);
+
+    while rx.recv().await.is_some() {
+        // Settle: a writer or a Secret update produces several events.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while rx.try_recv().is_ok() {}
+        let _ = reload(&app, &sources);
+    }
+}
+
+fn watch_file(path: &std::path::Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.try_send(());
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the token file; reload with SIGHUP");
+            return None;
+        }
+    };
+    // The directory, not the file: a symlink swap replaces the file itself.
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        warn!(error = %e, dir = %dir.display(), "cannot watch the token file's directory; reload with SIGHUP");
+        return None;
+    }
+    info!(dir = %dir.display(), "watching the token file for changes");
+    Some(watcher)
+}

@@ -1,0 +1,480 @@
+//! Operations: health and readiness, metrics, access log, key rotation,
+//! SO_REUSEPORT hand-over and systemd socket activation.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use http::StatusCode;
+use tokengate::{AppConfig, Limits};
+use tokio::io::AsyncBufReadExt;
+
+use crate::support::{BOTH, KEY, Spawned, TestServer, command, get, keys, raw, statuses};
+
+fn req(path: &str, token: Option<&str>) -> Vec<u8> {
+    let line = token
+        .map(|t| format!("X-Token: {t}\r\n"))
+        .unwrap_or_default();
+    format!("GET {path} HTTP/1.1\r\nHost: t\r\n{line}Connection: close\r\n\r\n").into_bytes()
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tokengate-ops-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let server = TestServer::start().await;
+    for proto in BOTH {
+        let r = get(proto, server.addr, "/healthz", &[]).await;
+        assert_eq!((r.status, r.text()), (StatusCode::OK, r#"{"status":"ok"}"#));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let r = get(proto, server.addr, "/readyz", &[]).await;
+        assert_eq!(
+            (r.status, r.text()),
+            (StatusCode::OK, r#"{"status":"ready"}"#)
+        );
+    }
+}
+
+#[tokio::test]
+async fn readiness_turns_503_during_the_shutdown_delay() {
+    let mut server = Spawned::start(&["--shutdown-delay", "3s"], &[]).await;
+    assert_eq!(
+        statuses(&raw(server.addr, &req("/readyz", None)).await),
+        [200]
+    );
+    server.signal("-TERM");
+    let mut draining = String::new();
+    for _ in 0..40 {
+        draining = raw(server.addr, &req("/readyz", None)).await;
+        if statuses(&draining) == [503] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(statuses(&draining), [503], "{draining}");
+    assert!(draining.ends_with(r#"{"status":"draining"}"#), "{draining}");
+    // Still accepting and serving during the delay.
+    assert_eq!(
+        statuses(&raw(server.addr, &req("/public", None)).await),
+        [200]
+    );
+    assert_eq!(
+        statuses(&raw(server.addr, &req("/healthz", None)).await),
+        [200]
+    );
+    assert!(server.wait().await.success());
+}
+
+#[tokio::test]
+async fn metrics_are_protected_and_count_requests() {
+    let server = TestServer::start().await;
+    for _ in 0..3 {
+        raw(server.addr, &req("/public", None)).await;
+    }
+    raw(server.addr, &req("/protected", Some(KEY))).await;
+    raw(server.addr, &req("/protected", Some("wrong"))).await;
+    raw(server.addr, &req("/protected", None)).await;
+    raw(server.addr, &req("/nope", None)).await;
+
+    let denied = raw(server.addr, &req("/metrics", None)).await;
+    assert_eq!(statuses(&denied), [401]);
+    let r = get(
+        crate::support::Proto::H1,
+        server.addr,
+        "/metrics",
+        &[("x-token", KEY)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = r.text();
+    for needle in [
+        r#"tokengate_requests_total{route="public",status="200"} 3"#,
+        r#"tokengate_requests_total{route="protected",status="200"} 1"#,
+        r#"tokengate_requests_total{route="protected",status="401"} 2"#,
+        r#"tokengate_requests_total{route="metrics",status="401"} 1"#,
+        r#"tokengate_requests_total{route="other",status="404"} 1"#,
+        // The /protected request and this /metrics request itself.
+        r#"tokengate_auth_total{outcome="ok",key="key-1"} 2"#,
+        r#"tokengate_auth_total{outcome="invalid"} 1"#,
+        r#"tokengate_auth_total{outcome="missing"} 2"#,
+        r#"tokengate_request_duration_seconds_count{route="public"} 3"#,
+        r#"tokengate_connections_accepted_total{protocol="h1"}"#,
+        "tokengate_open_connections 1",
+        "tokengate_keys_loaded 1",
+        "tokengate_build_info{",
+        "# EOF",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    assert!(!text.contains(KEY));
+
+    // Prometheus' own parser, where installed (.ci/run installs it).
+    if let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !report.contains("error while linting")
+                && !report.contains("text format parsing error"),
+            "{report}"
+        );
+    } else {
+        eprintln!("promtool not installed: exposition checked by content only");
+    }
+}
+
+#[tokio::test]
+async fn metrics_public_flag() {
+    let app = AppConfig {
+        metrics_public: true,
+        ..AppConfig::default()
+    };
+    let server = TestServer::with(keys(&[KEY]), app, Limits::default()).await;
+    let got = raw(server.addr, &req("/metrics", None)).await;
+    assert_eq!(statuses(&got), [200], "{got:.300}");
+}
+
+async fn access_lines(format: &str) -> Vec<String> {
+    let mut cmd = command(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--access-log",
+            "--log-format",
+            format,
+        ],
+        &[("TOKENGATE_TOKEN", "access-key-1")],
+    );
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let addr: SocketAddr = loop {
+        let line = lines.next_line().await.unwrap().expect("start-up line");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split(['"', ' ', '}']).next().unwrap().parse().unwrap();
+        }
+    };
+    raw(addr, &req("/public?secret-query=1", None)).await;
+    raw(addr, &req("/protected", Some("access-key-1"))).await;
+    raw(addr, &req("/protected", Some("wrong-key-2"))).await;
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn access_log_text_and_json() {
+    let text = access_lines("text").await;
+    assert_eq!(text.len(), 3, "{text:#?}");
+    assert!(
+        text[0].contains("method=GET")
+            && text[0].contains("path=/public")
+            && text[0].contains("status=200"),
+        "{}",
+        text[0]
+    );
+    assert!(
+        text[0].contains("peer=127.0.0.1")
+            && text[0].contains("bytes=42")
+            && text[0].contains("duration_us=")
+    );
+    assert!(
+        text[1].contains("key=\"env\"") || text[1].contains("key=env"),
+        "{}",
+        text[1]
+    );
+    assert!(text[2].contains("status=401"));
+    for line in &text {
+        assert!(
+            !line.contains("secret-query")
+                && !line.contains("access-key-1")
+                && !line.contains("wrong-key-2"),
+            "{line}"
+        );
+    }
+
+    let json = access_lines("json").await;
+    assert_eq!(json.len(), 3, "{json:#?}");
+    let first: serde_json::Value = serde_json::from_str(&json[0]).unwrap();
+    let fields = &first["fields"];
+    assert_eq!(fields["method"], "GET");
+    assert_eq!(fields["path"], "/public");
+    assert_eq!(fields["status"], 200);
+    assert_eq!(fields["bytes"], 42);
+    assert!(first["timestamp"].is_string());
+    let second: serde_json::Value = serde_json::from_str(&json[1]).unwrap();
+    assert_eq!(second["fields"]["key"], "env");
+}
+
+/// Sends `GET /protected` with `token` on a fresh connection; the status.
+async fn status_with(addr: SocketAddr, token: &str) -> u16 {
+    let got = raw(addr, &req("/protected", Some(token))).await;
+    statuses(&got).first().copied().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn sighup_rotates_keys_under_load() {
+    let dir = temp_dir("rotate");
+    let file = dir.join("keys");
+    std::fs::write(&file, "stays-key-0001 stays\nleaves-key-002 leaves\n").unwrap();
+    let server = Spawned::start(
+        &[
+            "--token-file",
+            file.to_str().unwrap(),
+            "--auth-failure-limit",
+            "off",
+        ],
+        &[],
+    )
+    .await;
+    let addr = server.addr;
+
+    // A client hammering with all three keys while the rotation happens.
+    let client = tokio::spawn(async move {
+        let mut log = Vec::new();
+        for i in 0..3000 {
+            let token = ["stays-key-0001", "leaves-key-002", "joins-key-0003"][i % 3];
+            log.push((token, status_with(addr, token).await));
+        }
+        log
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(&file, "stays-key-0001 stays\njoins-key-0003 joins\n").unwrap();
+    server.signal("-HUP");
+    let log = client.await.unwrap();
+
+    let mut swapped_leaves = false;
+    let mut swapped_joins = false;
+    for (token, status) in &log {
+        match *token {
+            "stays-key-0001" => assert_eq!(*status, 200, "a kept key failed"),
+            "leaves-key-002" => {
+                assert!(*status == 200 || *status == 401, "{status}");
+                if *status == 401 {
+                    swapped_leaves = true;
+                } else {
+                    assert!(!swapped_leaves, "a removed key worked again after the swap");
+                }
+            }
+            _ => {
+                assert!(*status == 200 || *status == 401, "{status}");
+                if *status == 200 {
+                    swapped_joins = true;
+                } else {
+                    assert!(!swapped_joins, "a new key stopped working after the swap");
+                }
+            }
+        }
+    }
+    assert!(
+        swapped_leaves && swapped_joins,
+        "the swap never happened within the run"
+    );
+    assert!(server.log().contains("keys reloaded"), "{}", server.log());
+
+    // A broken file keeps the current keys, names file and line, and is counted.
+    std::fs::write(&file, "stays-key-0001 stays\nbroken key line here\n").unwrap();
+    server.signal("-HUP");
+    let mut logged = false;
+    for _ in 0..100 {
+        if server.log().contains("key reload failed") {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(logged, "{}", server.log());
+    let log = server.log();
+    assert!(
+        log.contains(file.to_str().unwrap()) && log.contains("line 2"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("broken key line") && !log.contains("stays-key-0001"),
+        "{log}"
+    );
+    assert_eq!(status_with(addr, "joins-key-0003").await, 200);
+    let metrics = raw(addr, &req("/metrics", Some("stays-key-0001"))).await;
+    assert!(
+        metrics.contains(r#"tokengate_key_reloads_total{result="failure"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tokengate_key_reloads_total{result="success"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn watched_secret_symlink_swap_reloads() {
+    // The layout Kubernetes uses for a mounted Secret.
+    let dir = temp_dir("watch");
+    let v1 = dir.join("..2026_v1");
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::write(v1.join("keys"), "first-key-0001\n").unwrap();
+    std::os::unix::fs::symlink("..2026_v1", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/keys", dir.join("keys")).unwrap();
+    let file = dir.join("keys");
+    let server = Spawned::start(
+        &["--token-file", file.to_str().unwrap(), "--watch-token-file"],
+        &[],
+    )
+    .await;
+    assert_eq!(status_with(server.addr, "first-key-0001").await, 200);
+
+    let v2 = dir.join("..2026_v2");
+    std::fs::create_dir(&v2).unwrap();
+    std::fs::write(v2.join("keys"), "second-key-002\n").unwrap();
+    std::os::unix::fs::symlink("..2026_v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(&v1).unwrap();
+
+    let mut reloaded = false;
+    for _ in 0..150 {
+        if status_with(server.addr, "second-key-002").await == 200 {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reloaded, "{}", server.log());
+    assert_eq!(status_with(server.addr, "first-key-0001").await, 401);
+}
+
+#[tokio::test]
+async fn reuse_port_hand_over_drops_no_request() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let mut old = Spawned::start_at(&listen, &["--reuse-port"], &[]).await;
+    let new = Spawned::start_at(&listen, &["--reuse-port"], &[]).await;
+    let addr: SocketAddr = listen.parse().unwrap();
+
+    let client = tokio::spawn(async move {
+        let mut failures = Vec::new();
+        for i in 0..1500 {
+            let got = raw(addr, &req("/public", None)).await;
+            if statuses(&got) != [200] {
+                failures.push((i, got));
+            }
+        }
+        failures
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    old.signal("-TERM");
+    assert!(old.wait().await.success());
+    let failures = client.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    drop(new);
+}
+
+#[tokio::test]
+async fn systemd_socket_activation() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping: python3 is needed to pass a socket the way systemd does");
+        return;
+    }
+    // Binds a socket, puts it at fd 3, sets LISTEN_FDS/LISTEN_PID for its own
+    // pid and execs tokengate in place — what systemd does for a socket unit.
+    let launcher = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 0))
+s.listen(128)
+print(s.getsockname()[1], flush=True)
+if s.fileno() != 3:
+    os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ["LISTEN_FDS"] = "1"
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[1], [sys.argv[1], "--listen", "127.0.0.1:1"])
+"#;
+    let mut child = tokio::process::Command::new("python3")
+        .args(["-c", launcher, crate::support::BIN])
+        .env("RUST_LOG", "info")
+        .env_remove("TOKENGATE_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut out = tokio::io::BufReader::new(stdout).lines();
+    let port: u16 = out
+        .next_line()
+        .await
+        .unwrap()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut served = false;
+    for _ in 0..100 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            use tokio::io::AsyncWriteExt;
+            s.write_all(&req("/public", None)).await.unwrap();
+            if statuses(&crate::support::read_to_close(&mut s).await) == [200] {
+                served = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "the inherited socket was not served");
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("inherited (LISTEN_FDS)"), "{log}");
+}
