@@ -107,6 +107,10 @@ pub struct Args {
     #[arg(long, env = "TOKENGATE_METRICS_PUBLIC")]
     pub metrics_public: bool,
 
+    /// Record metrics and serve /metrics: on or off.
+    #[arg(long, env = "TOKENGATE_METRICS", default_value = "on", value_parser = ["on", "off"], value_name = "on|off")]
+    pub metrics: String,
+
     /// Write one access-log line per request to stdout.
     #[arg(long, env = "TOKENGATE_ACCESS_LOG")]
     pub access_log: bool,
@@ -382,6 +386,7 @@ impl Config {
             throttle,
             metrics_public: args.metrics_public,
             access_log: args.access_log,
+            metrics: args.metrics == "on",
         };
         crate::responses::Responses::new(&app.realm)
             .map_err(|e| ConfigError::Realm(args.realm.clone(), e))?;

@@ -127,6 +127,7 @@ pub struct App {
     metrics: Metrics,
     draining: AtomicBool,
     access_log: bool,
+    record: bool,
     ready_draining: Prebuilt,
 }
 
@@ -145,6 +146,8 @@ pub struct AppConfig {
     pub metrics_public: bool,
     /// Emit one `tokengate::access` event per request.
     pub access_log: bool,
+    /// Record metrics and serve `/metrics` (`--metrics off` turns both off).
+    pub metrics: bool,
 }
 
 impl Default for AppConfig {
@@ -156,6 +159,7 @@ impl Default for AppConfig {
             throttle: Some(ThrottleConfig::default()),
             metrics_public: false,
             access_log: false,
+            metrics: true,
         }
     }
 }
@@ -204,6 +208,7 @@ impl App {
             metrics,
             draining: AtomicBool::new(false),
             access_log: config.access_log,
+            record: config.metrics,
             ready_draining: status_body(StatusCode::SERVICE_UNAVAILABLE, "draining"),
         })
     }
@@ -239,10 +244,15 @@ impl App {
     /// The body is never read: no route takes one.
     #[inline]
     pub fn handle<B>(&self, req: &Request<B>, peer: IpAddr) -> Response<Body> {
+        if !self.record && !self.access_log {
+            return self.route(req, peer).0;
+        }
         let start = Instant::now();
         let (response, auth, route) = self.route(req, peer);
         let elapsed = start.elapsed();
-        self.metrics.record(route, response.status(), elapsed);
+        if self.record {
+            self.metrics.record(route, response.status(), elapsed);
+        }
         if self.access_log {
             self.log_access(req, peer, &response, auth, elapsed);
         }
@@ -251,13 +261,16 @@ impl App {
 
     /// Answers a request; reports what the guard decided and the route's
     /// metric index.
+    #[inline]
     pub fn route<B>(&self, req: &Request<B>, peer: IpAddr) -> (Response<Body>, AuthResult, usize) {
         let head = is_head(req);
         if let Some(rejection) = self.check_head(req) {
             return (rejection.respond(head), AuthResult::NotChecked, OTHER_ROUTE);
         }
         let path = normalize(req.uri().path());
-        let Some(index) = self.routes.iter().position(|r| r.path == path) else {
+        let found = self.routes.iter().position(|r| r.path == path);
+        let found = found.filter(|&i| self.record || self.routes[i].handler != Handler::Metrics);
+        let Some(index) = found else {
             return (
                 self.not_found_or_redirect(req, &path, head),
                 AuthResult::NotChecked,
@@ -292,6 +305,7 @@ impl App {
         (self.answer(route, head), auth, index)
     }
 
+    #[inline]
     fn answer(&self, route: &Route, head: bool) -> Response<Body> {
         match route.handler {
             Handler::Message(_) | Handler::Health => route.ok.respond(head),
@@ -318,7 +332,7 @@ impl App {
     /// The one guard of protected routes: throttling, then the key check.
     fn guard<B>(&self, req: &Request<B>, peer: IpAddr, head: bool) -> Decision {
         if let Some(wait) = self.throttle.as_ref().and_then(|t| t.blocked(peer)) {
-            self.metrics.record_auth(AuthMetric::Throttled, &[]);
+            self.record_auth(AuthMetric::Throttled, &[]);
             return Decision::Deny(self.too_many(wait, head), AuthResult::Throttled);
         }
         let live = self.live.load();
@@ -341,11 +355,18 @@ impl App {
             ),
         };
         if let Some(wait) = self.throttle.as_ref().and_then(|t| t.record_failure(peer)) {
-            self.metrics.record_auth(AuthMetric::Throttled, &[]);
+            self.record_auth(AuthMetric::Throttled, &[]);
             return Decision::Deny(self.too_many(wait, head), AuthResult::Throttled);
         }
-        self.metrics.record_auth(metric, &live.ok);
+        self.record_auth(metric, &live.ok);
         Decision::Deny(failed.respond(head), result)
+    }
+
+    #[inline]
+    fn record_auth(&self, outcome: AuthMetric, ok: &[Counter]) {
+        if self.record {
+            self.metrics.record_auth(outcome, ok);
+        }
     }
 
     fn too_many(&self, wait: std::time::Duration, head: bool) -> Response<Body> {
@@ -388,6 +409,7 @@ impl App {
     }
 
     /// Limits on the request head, and the `Host` rules; `None` when fine.
+    #[inline]
     fn check_head<B>(&self, req: &Request<B>) -> Option<&Prebuilt> {
         if target_len(req.uri()) > MAX_TARGET_BYTES {
             return Some(&self.responses.uri_too_long);

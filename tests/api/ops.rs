@@ -478,3 +478,21 @@ os.execv(sys.argv[1], [sys.argv[1], "--listen", "127.0.0.1:1"])
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("inherited (LISTEN_FDS)"), "{log}");
 }
+
+#[tokio::test]
+async fn metrics_off_serves_no_metrics() {
+    let app = AppConfig {
+        metrics: false,
+        metrics_public: true,
+        ..AppConfig::default()
+    };
+    let server = TestServer::with(keys(&[KEY]), app, Limits::default()).await;
+    assert_eq!(
+        statuses(&raw(server.addr, &req("/metrics", None)).await),
+        [404]
+    );
+    assert_eq!(
+        statuses(&raw(server.addr, &req("/protected", Some(KEY))).await),
+        [200]
+    );
+}
