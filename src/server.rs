@@ -291,6 +291,10 @@ pub(crate) struct Activity {
     waker: AtomicWaker,
 }
 
+/// During a drain, how long a connection that has not completed a request
+/// yet may take to do so before it is closed.
+const DRAIN_FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// Finish what is in flight, then close (HTTP/1) or send GOAWAY (HTTP/2).
 const GRACEFUL: u8 = 1;
 /// Drop the connection now.
@@ -319,6 +323,7 @@ struct Registry {
 
 struct Watched {
     activity: Arc<Activity>,
+    accepted: std::time::Instant,
     watchdog: Watchdog,
     /// A graceful shutdown was requested for idleness; abort at the next tick.
     closing: bool,
@@ -331,7 +336,8 @@ impl Registry {
 
     fn add(self: &Arc<Self>, activity: Arc<Activity>, limits: &Limits) -> Registered {
         let id = self.next_id.fetch_add(1, Relaxed);
-        let watchdog = Watchdog::new(limits, std::time::Instant::now());
+        let accepted = std::time::Instant::now();
+        let watchdog = Watchdog::new(limits, accepted);
         let mut connections = self.lock();
         if self.draining.load(Relaxed) {
             activity.command(GRACEFUL);
@@ -340,6 +346,7 @@ impl Registry {
             id,
             Watched {
                 activity,
+                accepted,
                 watchdog,
                 closing: false,
             },
@@ -352,9 +359,17 @@ impl Registry {
 
     /// One watchdog pass over every connection.
     fn sweep(&self, now: std::time::Instant) {
+        let draining = self.draining.load(Relaxed);
         for watched in self.lock().values_mut() {
             let a = &watched.activity;
             if watched.closing {
+                a.command(ABORT);
+                continue;
+            }
+            if draining
+                && a.requests.load(Relaxed) == 0
+                && now.duration_since(watched.accepted) >= DRAIN_FIRST_REQUEST_GRACE
+            {
                 a.command(ABORT);
                 continue;
             }
@@ -526,6 +541,15 @@ impl Connection {
                 activity.waker.register(cx.waker());
                 match activity.command.load(Relaxed) {
                     ABORT => return Poll::Ready(None),
+                    // hyper-util cancels a connection still detecting its
+                    // protocol when told to shut down, which would drop a first
+                    // request still on its way (a connection accepted just as
+                    // the drain began). Wait for it: during a drain the
+                    // watchdog aborts a connection that has sent no complete
+                    // request within DRAIN_FIRST_REQUEST_GRACE.
+                    GRACEFUL if !graceful && activity.requests.load(Relaxed) == 0 => {
+                        return Poll::Pending;
+                    }
                     GRACEFUL if !graceful => {
                         graceful = true;
                         // Must be polled again to take effect.
