@@ -126,6 +126,24 @@ pub struct Args {
     /// Bind with SO_REUSEPORT, so a new process can take the port before the old one drains.
     #[arg(long, env = "TOKENGATE_REUSE_PORT")]
     pub reuse_port: bool,
+
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key); reloaded on SIGHUP.
+    #[arg(
+        long,
+        env = "TOKENGATE_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key for --tls-cert.
+    #[arg(
+        long,
+        env = "TOKENGATE_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Like [`parse_duration`], but zero is allowed.
@@ -171,6 +189,8 @@ pub struct Config {
     pub watch_token_file: bool,
     /// `--reuse-port`.
     pub reuse_port: bool,
+    /// `--tls-cert` and `--tls-key`.
+    pub tls: Option<crate::tls::TlsFiles>,
     /// Token header and realm.
     pub app: AppConfig,
     /// Connection limits and timeouts.
@@ -399,6 +419,13 @@ impl Config {
             log_json: args.log_format == "json",
             watch_token_file: args.watch_token_file,
             reuse_port: args.reuse_port,
+            tls: match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
             app,
             limits: Limits {
                 max_connections: args.max_connections as usize,

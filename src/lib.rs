@@ -30,8 +30,9 @@ pub mod routes;
 pub mod server;
 pub mod shutdown;
 pub mod throttle;
+pub mod tls;
 
 pub use auth::{Digest, KeySet, Outcome};
 pub use config::{Args, Config, ConfigError};
 pub use routes::{App, AppConfig};
-pub use server::{Limits, serve};
+pub use server::{Limits, serve, serve_with};

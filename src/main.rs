@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use tokengate::config::{self, Args, Command, Config, TOKEN_ENV};
-use tokengate::{App, reload, serve, shutdown};
+use tokengate::tls::Tls;
+use tokengate::{App, reload, serve_with, shutdown};
 use tracing::{error, info, warn};
 use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
@@ -62,6 +63,17 @@ async fn run(
         app.metrics()
             .set_log_dropped_source(Arc::new(move || dropped.dropped_lines() as u64));
     }
+    let tls = match &config.tls {
+        None => None,
+        Some(files) => match Tls::new(files.clone()) {
+            Ok(tls) => Some(Arc::new(tls)),
+            Err(e) => {
+                error!("configuration error: {e}");
+                eprintln!("tokengate: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let (listener, origin) = match listener(&config) {
         Ok(l) => l,
         Err(e) => {
@@ -77,19 +89,31 @@ async fn run(
         );
     }
     let labels: Vec<&str> = config.keys.keys().iter().map(|k| k.label()).collect();
+    let (scheme, protocols) = match tls {
+        Some(_) => ("https", "TLS with ALPN h2, http/1.1"),
+        None => ("http", "http/1.1, h2c"),
+    };
     info!(
         address = %local,
         socket = origin,
-        protocols = "http/1.1, h2c",
+        protocols,
         keys = ?labels,
-        "tokengate listening on http://{local}"
+        "tokengate listening on {scheme}://{local}"
     );
     tokio::spawn(reload::run(
         app.clone(),
         config.sources.clone(),
         config.watch_token_file,
+        tls.clone(),
     ));
-    serve(listener, app, config.limits.clone(), shutdown::signal()).await;
+    serve_with(
+        listener,
+        app,
+        config.limits.clone(),
+        tls,
+        shutdown::signal(),
+    )
+    .await;
     ExitCode::SUCCESS
 }
 

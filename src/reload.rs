@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{ConfigError, KeySources};
 use crate::routes::App;
+use crate::tls::Tls;
 
 /// Reloads the keys once; on failure the previous keys stay in place.
 pub fn reload(app: &App, sources: &KeySources) -> Result<usize, ConfigError> {
@@ -36,8 +37,9 @@ pub fn reload(app: &App, sources: &KeySources) -> Result<usize, ConfigError> {
     }
 }
 
-/// Waits for SIGHUP (and file changes, with `watch`) and reloads, for ever.
-pub async fn run(app: Arc<App>, sources: KeySources, watch: bool) {
+/// Waits for SIGHUP (and key-file changes, with `watch`) and reloads the keys
+/// — and on SIGHUP the TLS certificate and key — for ever.
+pub async fn run(app: Arc<App>, sources: KeySources, watch: bool, tls: Option<Arc<Tls>>) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
 
     #[cfg(unix)]
@@ -71,6 +73,12 @@ pub async fn run(app: Arc<App>, sources: KeySources, watch: bool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         while rx.try_recv().is_ok() {}
         let _ = reload(&app, &sources);
+        if let Some(tls) = &tls {
+            match tls.reload() {
+                Ok(()) => info!("TLS certificate and key reloaded"),
+                Err(e) => error!("TLS reload failed, keeping the previous certificate: {e}"),
+            }
+        }
     }
 }
 

@@ -52,6 +52,7 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::Protocol;
 use crate::routes::App;
+use crate::tls::Tls;
 
 /// Limits on what clients may hold; see the README's configuration table.
 #[derive(Clone, Debug)]
@@ -91,6 +92,21 @@ impl Default for Limits {
 /// connections still open after `limits.shutdown_timeout` are dropped.
 pub async fn serve<F>(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: F)
 where
+    F: Future<Output = ()>,
+{
+    serve_with(listener, app, limits, None, shutdown).await;
+}
+
+/// [`serve`], with HTTPS when `tls` is given: each connection first completes
+/// a TLS handshake (bounded by `limits.header_read_timeout`), then is served
+/// exactly like a cleartext one (ALPN `h2` or `http/1.1`).
+pub async fn serve_with<F>(
+    listener: TcpListener,
+    app: Arc<App>,
+    limits: Limits,
+    tls: Option<Arc<Tls>>,
+    shutdown: F,
+) where
     F: Future<Output = ()>,
 {
     let builder = Arc::new(builder(&limits));
@@ -145,6 +161,7 @@ where
             builder: builder.clone(),
             registry: registry.clone(),
             limits: limits.clone(),
+            tls: tls.clone(),
             peer,
         };
         connections.spawn(conn.run(stream, Some(permit)));
@@ -168,6 +185,7 @@ where
                     builder: builder.clone(),
                     registry: registry.clone(),
                     limits: limits.clone(),
+                    tls: tls.clone(),
                     peer,
                 };
                 connections.spawn(conn.run(stream, permits.clone().try_acquire_owned().ok()));
@@ -496,6 +514,7 @@ struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     registry: Arc<Registry>,
     limits: Limits,
+    tls: Option<Arc<Tls>>,
     peer: SocketAddr,
 }
 
@@ -504,6 +523,29 @@ impl Connection {
     async fn run(self, stream: TcpStream, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
         let _permit = permit;
         let _ = stream.set_nodelay(true);
+        let Some(tls) = self.tls.clone() else {
+            return self.serve_io(stream).await;
+        };
+        let handshake = tokio::time::timeout(
+            self.limits.header_read_timeout,
+            tls.acceptor().accept(stream),
+        );
+        match handshake.await {
+            Ok(Ok(stream)) => {
+                self.app.metrics().accepted(Protocol::Tls);
+                self.serve_io(stream).await;
+            }
+            Ok(Err(e)) => debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
+            Err(_) => {
+                debug!(peer = %self.peer, "TLS handshake not complete within the header read timeout")
+            }
+        }
+    }
+
+    async fn serve_io<I>(self, stream: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let activity = Arc::new(Activity::default());
         let _registered = self.registry.add(activity.clone(), &self.limits);
         let _open = OpenConnection::new(self.app.clone());
@@ -587,12 +629,12 @@ impl Drop for OpenConnection {
 }
 
 /// The socket, counting reads that return data for the watchdog.
-pub(crate) struct Guarded {
-    inner: TcpStream,
+pub(crate) struct Guarded<I> {
+    inner: I,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Guarded {
+impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -608,7 +650,7 @@ impl AsyncRead for Guarded {
     }
 }
 
-impl AsyncWrite for Guarded {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

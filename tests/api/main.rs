@@ -18,3 +18,4 @@ mod ops;
 mod raw;
 mod secrets;
 mod throttle;
+mod tls;

@@ -238,7 +238,11 @@ impl Spawned {
             let mut tx = Some(tx);
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
+                let rest = line
+                    .split("listening on http://")
+                    .nth(1)
+                    .or_else(|| line.split("listening on https://").nth(1));
+                if let Some(rest) = rest {
                     let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
