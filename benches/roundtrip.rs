@@ -83,8 +83,14 @@ impl Client {
             .body(Empty::new())
             .unwrap();
         let resp = match self {
-            Client::H1(s) => s.send_request(req).await.unwrap(),
-            Client::H2(s) => s.send_request(req).await.unwrap(),
+            Client::H1(s) => {
+                s.ready().await.unwrap();
+                s.send_request(req).await.unwrap()
+            }
+            Client::H2(s) => {
+                s.ready().await.unwrap();
+                s.send_request(req).await.unwrap()
+            }
         };
         assert_eq!(resp.status(), 200);
         resp.into_body().collect().await.unwrap().to_bytes().len()

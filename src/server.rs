@@ -526,14 +526,16 @@ impl Connection {
         let Some(tls) = self.tls.clone() else {
             return self.serve_io(stream).await;
         };
-        let handshake = tokio::time::timeout(
+        // Boxed: the TLS futures (rustls state inline) are several KiB; kept
+        // inline they would enlarge every connection's task, cleartext too.
+        let handshake = Box::pin(tokio::time::timeout(
             self.limits.header_read_timeout,
             tls.acceptor().accept(stream),
-        );
+        ));
         match handshake.await {
             Ok(Ok(stream)) => {
                 self.app.metrics().accepted(Protocol::Tls);
-                self.serve_io(stream).await;
+                Box::pin(self.serve_io(stream)).await;
             }
             Ok(Err(e)) => debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
             Err(_) => {
