@@ -496,3 +496,76 @@ async fn metrics_off_serves_no_metrics() {
         [200]
     );
 }
+
+/// A stalled stdout never stalls requests: the access log drops lines, and
+/// counts them in the metrics.
+#[tokio::test]
+async fn stalled_access_log_drops_lines_instead_of_stalling() {
+    let mut cmd = command(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--access-log",
+            "--metrics-public",
+        ],
+        &[],
+    );
+    // stdout is a pipe that nobody reads: it fills after 64 KiB.
+    let mut child = cmd.spawn().unwrap();
+    let _stdout_never_read = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let addr: SocketAddr = loop {
+        let line = lines.next_line().await.unwrap().expect("start-up line");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Far more than a pipe and the writer's buffer hold, on keep-alive connections.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let batch = b"GET /public HTTP/1.1\r\nHost: t\r\n\r\n".repeat(500);
+            let mut ok = 0usize;
+            let mut buf = vec![0u8; 256 * 1024];
+            for _ in 0..50 {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                s.write_all(&batch).await.unwrap();
+                let mut seen = 0;
+                while seen < 500 {
+                    let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+                        .await
+                        .expect("requests must not stall")
+                        .unwrap();
+                    assert!(n > 0);
+                    seen += buf[..n]
+                        .windows(12)
+                        .filter(|w| w == b"HTTP/1.1 200")
+                        .count();
+                }
+                ok += seen;
+            }
+            ok
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, 4 * 50 * 500);
+    let metrics = raw(addr, &req("/metrics", None)).await;
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tokengate_access_log_dropped_lines_total "))
+        .expect("the drop counter is exposed")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        dropped > 0,
+        "no line was dropped although stdout was never read"
+    );
+    let _ = child.kill().await;
+}
