@@ -9,7 +9,7 @@ use tokengate::config::{self, Args, Command, Config, TOKEN_ENV};
 use tokengate::tls::Tls;
 use tokengate::{App, reload, serve_with, shutdown};
 use tracing::{error, info, warn};
-use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
@@ -160,12 +160,17 @@ type Access = (
 /// `--access-log`, one line per request goes to stdout through a non-blocking
 /// writer: a stalled stdout drops lines (counted) instead of stalling requests.
 fn init_logging(json: bool, access_log: bool) -> Option<Access> {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info"))
-        .add_directive(
-            "tokengate::access=off"
-                .parse()
-                .expect("a valid static directive"),
+    // `RUST_LOG` as `level` or `target=level,...` (tracing-subscriber's
+    // `Targets` syntax: no regex engine in the binary). Unparsable → info.
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let parsed = rust_log.as_deref().map(str::parse::<Targets>);
+    let bad_rust_log = matches!(parsed, Some(Err(_)));
+    let filter = parsed
+        .and_then(Result::ok)
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO))
+        .with_target(
+            "tokengate::access",
+            tracing::level_filters::LevelFilter::OFF,
         );
     let ansi = std::io::stderr().is_terminal() && !json;
     let stderr: Box<dyn Layer<Registry> + Send + Sync> = if json {
@@ -206,6 +211,9 @@ fn init_logging(json: bool, access_log: bool) -> Option<Access> {
     let mut layers = vec![stderr];
     layers.extend(access_layer);
     tracing_subscriber::registry().with(layers).init();
+    if bad_rust_log {
+        warn!("RUST_LOG is not `level` or `target=level,...`; logging at info");
+    }
     access
 }
 
