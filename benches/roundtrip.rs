@@ -4,44 +4,23 @@
 //! so their ratio comes from one run.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokengate::auth::{Digest, Key, KeySource};
 use tokengate::{App, AppConfig, KeySet, Limits};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 
-const BODY: &[u8] = br#"{"message":"You have access to the protected route!"}"#;
+#[path = "common/floor.rs"]
+mod floor;
 
-/// The floor: the least a hyper server can do for the same response.
-async fn floor(listener: TcpListener) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    loop {
-        let (stream, _) = listener.accept().await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(|_req: Request<Incoming>| async {
-                let mut resp = Response::new(Full::new(Bytes::from_static(BODY)));
-                resp.headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                Ok::<_, Infallible>(resp)
-            });
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-        });
-    }
-}
+const BODY: &[u8] = br#"{"message":"You have access to the protected route!"}"#;
 
 async fn tokengate_server(listener: TcpListener) {
     let mut keys = KeySet::new();
@@ -103,7 +82,7 @@ fn roundtrip(c: &mut Criterion) {
         let f = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let t = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addrs = (f.local_addr().unwrap(), t.local_addr().unwrap());
-        tokio::spawn(floor(f));
+        tokio::spawn(floor::floor(f, BODY));
         tokio::spawn(tokengate_server(t));
         addrs
     });

@@ -7,43 +7,24 @@
 //! the server's.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
 use tokengate::auth::{Digest, Key, KeySource};
 use tokengate::{App, AppConfig, KeySet, Limits};
 use tokio::net::{TcpListener, TcpStream};
+
+#[path = "../benches/common/floor.rs"]
+mod floor;
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
 const BODY: &[u8] = br#"{"message":"Welcome to the public route!"}"#;
-
-async fn floor(listener: TcpListener) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    loop {
-        let (stream, _) = listener.accept().await.unwrap();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(|_req: Request<Incoming>| async {
-                let mut resp = Response::new(Full::new(Bytes::from_static(BODY)));
-                resp.headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                Ok::<_, Infallible>(resp)
-            });
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-        });
-    }
-}
 
 /// Average heap allocations per request over `n` keep-alive requests.
 async fn allocations_per_request(addr: SocketAddr, path: &str, token: Option<&str>, n: u64) -> f64 {
@@ -84,7 +65,7 @@ fn the_request_path_allocates_no_more_than_the_floor() {
         let f = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let t = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (floor_addr, tg_addr) = (f.local_addr().unwrap(), t.local_addr().unwrap());
-        tokio::spawn(floor(f));
+        tokio::spawn(floor::floor(f, BODY));
         let mut keys = KeySet::new();
         keys.insert(Key::new(Digest::of(b"mysecrettoken"), "demo", KeySource::Demo))
             .unwrap();

@@ -70,27 +70,30 @@ pub fn preface_and_get(stream: u32) -> Vec<u8> {
     out
 }
 
+/// Reads one frame; `None` once the connection is closed or broken.
+pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Option<Frame> {
+    let mut head = [0u8; 9];
+    r.read_exact(&mut head).await.ok()?;
+    let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await.ok()?;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    Some(Frame {
+        kind: head[3],
+        stream,
+        payload,
+    })
+}
+
 /// Reads frames until the server closes the connection (`Some`) or `cap` passes (`None`).
-pub async fn read_frames_until_close(s: &mut TcpStream, cap: Duration) -> Option<Vec<Frame>> {
+pub async fn read_frames_until_close<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    cap: Duration,
+) -> Option<Vec<Frame>> {
     let mut frames = Vec::new();
     let done = tokio::time::timeout(cap, async {
-        loop {
-            let mut head = [0u8; 9];
-            if s.read_exact(&mut head).await.is_err() {
-                return;
-            }
-            let len =
-                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
-            let mut payload = vec![0u8; len];
-            if s.read_exact(&mut payload).await.is_err() {
-                return;
-            }
-            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-            frames.push(Frame {
-                kind: head[3],
-                stream,
-                payload,
-            });
+        while let Some(f) = read_frame(r).await {
+            frames.push(f);
         }
     })
     .await
@@ -109,30 +112,10 @@ async fn abuse(server: &TestServer, bytes: Vec<u8>) -> Vec<Frame> {
         tokio::time::sleep(CAP).await;
         drop(wr);
     });
-    let mut frames = Vec::new();
-    let closed = tokio::time::timeout(CAP, async {
-        loop {
-            let mut head = [0u8; 9];
-            if rd.read_exact(&mut head).await.is_err() {
-                return;
-            }
-            let len =
-                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
-            let mut payload = vec![0u8; len];
-            if rd.read_exact(&mut payload).await.is_err() {
-                return;
-            }
-            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-            frames.push(Frame {
-                kind: head[3],
-                stream,
-                payload,
-            });
-        }
-    })
-    .await
-    .is_ok();
+    let frames = read_frames_until_close(&mut rd, CAP).await;
     writer.abort();
+    let closed = frames.is_some();
+    let frames = frames.unwrap_or_default();
     assert!(
         closed,
         "the abusive connection was not closed; {} frames",
@@ -206,15 +189,11 @@ async fn too_many_concurrent_streams_are_refused() {
     // Wait for the server's SETTINGS (with its stream limit) before opening streams.
     let mut frames = Vec::new();
     loop {
-        let mut head = [0u8; 9];
-        tokio::time::timeout(CAP, rd.read_exact(&mut head))
+        let f = tokio::time::timeout(CAP, read_frame(&mut rd))
             .await
             .unwrap()
-            .unwrap();
-        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
-        let mut payload = vec![0u8; len];
-        rd.read_exact(&mut payload).await.unwrap();
-        if head[3] == SETTINGS && head[4] & 1 == 0 {
+            .expect("SETTINGS");
+        if f.kind == SETTINGS && f.payload.len() % 6 == 0 && !f.payload.is_empty() {
             break;
         }
     }
@@ -228,23 +207,7 @@ async fn too_many_concurrent_streams_are_refused() {
     }
     wr.write_all(&bytes).await.unwrap();
     let refused = tokio::time::timeout(CAP, async {
-        loop {
-            let mut head = [0u8; 9];
-            if rd.read_exact(&mut head).await.is_err() {
-                return false;
-            }
-            let len =
-                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
-            let mut payload = vec![0u8; len];
-            if rd.read_exact(&mut payload).await.is_err() {
-                return false;
-            }
-            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-            let f = Frame {
-                kind: head[3],
-                stream,
-                payload,
-            };
+        while let Some(f) = read_frame(&mut rd).await {
             let is_refused = f.kind == RST_STREAM && f.error_code() == Some(7);
             if is_refused {
                 // Only streams past the advertised limit are refused.
@@ -260,6 +223,7 @@ async fn too_many_concurrent_streams_are_refused() {
                 return true;
             }
         }
+        false
     })
     .await
     .unwrap_or(false);

@@ -1,10 +1,9 @@
 //! The real binary: start-up, configuration errors, signals and the drain.
 
-use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::support::{Spawned, command, raw, read_to_close, statuses};
@@ -128,14 +127,7 @@ async fn ipv6_loopback() {
     }
     let mut cmd = command(&["--listen", "[::1]:0"], &[]);
     let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr: SocketAddr = loop {
-        let line = lines.next_line().await.unwrap().expect("start-up line");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let (addr, _lines) = crate::support::wait_for_address(&mut child).await;
     assert!(addr.is_ipv6() && addr.port() != 0);
     let got = raw(
         addr,

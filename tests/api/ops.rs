@@ -172,14 +172,7 @@ async fn access_lines(format: &str) -> Vec<String> {
         &[("TOKENGATE_TOKEN", "access-key-1")],
     );
     let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    let addr: SocketAddr = loop {
-        let line = lines.next_line().await.unwrap().expect("start-up line");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split(['"', ' ', '}']).next().unwrap().parse().unwrap();
-        }
-    };
+    let (addr, _lines) = crate::support::wait_for_address(&mut child).await;
     raw(addr, &req("/public?secret-query=1", None)).await;
     raw(addr, &req("/protected", Some("access-key-1"))).await;
     raw(addr, &req("/protected", Some("wrong-key-2"))).await;
@@ -513,14 +506,7 @@ async fn stalled_access_log_drops_lines_instead_of_stalling() {
     // stdout is a pipe that nobody reads: it fills after 64 KiB.
     let mut child = cmd.spawn().unwrap();
     let _stdout_never_read = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    let addr: SocketAddr = loop {
-        let line = lines.next_line().await.unwrap().expect("start-up line");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let (addr, mut lines) = crate::support::wait_for_address(&mut child).await;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     // Far more than a pipe and the writer's buffer hold, on keep-alive connections.
     let mut tasks = Vec::new();

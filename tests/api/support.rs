@@ -238,12 +238,7 @@ impl Spawned {
             let mut tx = Some(tx);
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                let rest = line
-                    .split("listening on http://")
-                    .nth(1)
-                    .or_else(|| line.split("listening on https://").nth(1));
-                if let Some(rest) = rest {
-                    let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                if let Some(addr) = listening_addr(&line) {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
                     }
@@ -345,5 +340,33 @@ impl Spawned {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         Spawned::from_command(cmd).await
+    }
+}
+
+/// The address in a start-up log line (`… listening on http(s)://ADDR …`),
+/// text or JSON format.
+pub fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let rest = line.split("listening on http").nth(1)?;
+    let rest = rest
+        .strip_prefix("s://")
+        .or_else(|| rest.strip_prefix("://"))?;
+    rest.split(['"', ' ', '}']).next()?.parse().ok()
+}
+
+/// Reads stderr lines until the start-up line; returns the address and the
+/// remaining lines.
+pub async fn wait_for_address(
+    child: &mut Child,
+) -> (
+    SocketAddr,
+    tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+) {
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines.next_line().await.unwrap().expect("start-up line");
+        if let Some(addr) = listening_addr(&line) {
+            return (addr, lines);
+        }
     }
 }
