@@ -220,11 +220,6 @@ impl KeySet {
         &self.keys
     }
 
-    /// The key with this id.
-    pub fn key(&self, id: KeyId) -> &Key {
-        &self.keys[id.0]
-    }
-
     /// The key with this id, if the set has it.
     pub fn get(&self, id: KeyId) -> Option<&Key> {
         self.keys.get(id.0)
@@ -377,7 +372,8 @@ mod tests {
         assert_eq!(keys.verify(b"alpha"), Some(KeyId(0)));
         assert_eq!(keys.verify(b"alphA"), None);
         assert_eq!(keys.verify(b""), None);
-        assert_eq!(keys.key(KeyId(1)).label(), "key-2");
+        assert_eq!(keys.get(KeyId(1)).unwrap().label(), "key-2");
+        assert!(keys.get(KeyId(2)).is_none());
     }
 
     #[test]
