@@ -45,7 +45,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -164,7 +164,7 @@ pub async fn serve_with<F>(
             tls: tls.clone(),
             peer,
         };
-        connections.spawn(conn.run(stream, Some(permit)));
+        conn.spawn(&mut connections, stream, Some(permit));
     }
 
     app.begin_draining();
@@ -188,7 +188,11 @@ pub async fn serve_with<F>(
                     tls: tls.clone(),
                     peer,
                 };
-                connections.spawn(conn.run(stream, permits.clone().try_acquire_owned().ok()));
+                conn.spawn(
+                    &mut connections,
+                    stream,
+                    permits.clone().try_acquire_owned().ok(),
+                );
             }
         }
     }
@@ -519,23 +523,40 @@ struct Connection {
 }
 
 impl Connection {
-    /// Serves one connection; the permit (a connection slot) is released at the end.
-    async fn run(self, stream: TcpStream, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
-        let _permit = permit;
+    /// Spawns the connection's task. Cleartext and TLS connections are
+    /// different tasks, so a cleartext task carries no TLS state (rustls keeps
+    /// several KiB inline).
+    fn spawn(
+        self,
+        tasks: &mut JoinSet<()>,
+        stream: TcpStream,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
         let _ = stream.set_nodelay(true);
-        let Some(tls) = self.tls.clone() else {
-            return self.serve_io(stream).await;
-        };
-        // Boxed: the TLS futures (rustls state inline) are several KiB; kept
-        // inline they would enlarge every connection's task, cleartext too.
-        let handshake = Box::pin(tokio::time::timeout(
+        match self.tls.clone() {
+            None => {
+                tasks.spawn(self.serve_io(stream, permit));
+            }
+            Some(tls) => {
+                tasks.spawn(self.serve_tls(tls, stream, permit));
+            }
+        }
+    }
+
+    async fn serve_tls(
+        self,
+        tls: Arc<Tls>,
+        stream: TcpStream,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        let handshake = tokio::time::timeout(
             self.limits.header_read_timeout,
             tls.acceptor().accept(stream),
-        ));
+        );
         match handshake.await {
             Ok(Ok(stream)) => {
                 self.app.metrics().accepted(Protocol::Tls);
-                Box::pin(self.serve_io(stream)).await;
+                self.serve_io(stream, permit).await;
             }
             Ok(Err(e)) => debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
             Err(_) => {
@@ -544,10 +565,12 @@ impl Connection {
         }
     }
 
-    async fn serve_io<I>(self, stream: I)
+    /// Serves one connection; the permit (a connection slot) is released at the end.
+    async fn serve_io<I>(self, stream: I, permit: Option<OwnedSemaphorePermit>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let _permit = permit;
         let activity = Arc::new(Activity::default());
         let _registered = self.registry.add(activity.clone(), &self.limits);
         let _open = OpenConnection::new(self.app.clone());
@@ -751,5 +774,44 @@ mod tests {
             assert_eq!(w.check(at(t0, i), 1, i, true), Verdict::Fine);
         }
         assert_eq!(w.check(at(t0, 160), 1, 99, true), Verdict::Idle);
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// Every idle connection costs its task's future: keep tokengate's close
+    /// to a bare hyper-util connection (sizes are fixed at compile time).
+    #[tokio::test]
+    async fn connection_task_is_close_to_a_bare_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (server, peer) = listener.accept().await.expect("accept");
+        let app =
+            Arc::new(App::new(crate::KeySet::new(), &crate::AppConfig::default()).expect("app"));
+        let limits = Limits::default();
+        let conn = Connection {
+            app,
+            builder: Arc::new(builder(&limits)),
+            registry: Arc::new(Registry::default()),
+            limits,
+            tls: None,
+            peer,
+        };
+        let ours = std::mem::size_of_val(&conn.serve_io(server, None));
+        let bare = auto::Builder::new(TokioExecutor::new());
+        let svc = service_fn(|_r: Request<Incoming>| async {
+            Ok::<_, Infallible>(http::Response::new(crate::responses::Body::new(
+                bytes::Bytes::new(),
+            )))
+        });
+        let bare = std::mem::size_of_val(&bare.serve_connection(TokioIo::new(client), svc));
+        eprintln!("connection task: {ours} bytes; bare hyper-util connection: {bare} bytes");
+        assert!(
+            ours <= bare + 640,
+            "connection task grew to {ours} bytes (bare: {bare})"
+        );
     }
 }
