@@ -8,17 +8,21 @@
 //!
 //! One request, `GET /protected` with `X-Token`:
 //!
-//! * [`server`] accepts (taking a connection permit), wraps the socket in the
-//!   head-timeout guard and hands it to hyper-util's auto builder with a
-//!   `service_fn` that calls [`App::handle`].
-//! * [`routes`] matches `(method, path)` in its one route table.
+//! * [`server`] accepts (taking a connection permit; with [`tls`], after a TLS
+//!   handshake), wraps the socket in a read counter watched by the watchdog
+//!   thread, and hands it to hyper-util's auto builder with a `service_fn`
+//!   that calls [`App::handle`].
+//! * [`routes`] matches `(method, path)` in its one route table; the guard
+//!   consults [`throttle`] (failed-credential limit), then
 //! * [`auth`] checks the credential against the key set: SHA-256, one map
 //!   probe, constant-time equality.
 //! * [`responses`] supplies the prebuilt 200 or 401: bodies and header values
-//!   are built once at start-up.
+//!   are built once at start-up; [`metrics`] records the request (an index and
+//!   an atomic increment).
 //!
 //! Around them: [`config`] turns flags, environment and key files into a
-//! validated [`Config`]; [`shutdown`] resolves on SIGINT/SIGTERM; the binary
+//! validated [`Config`]; [`reload`] swaps keys (and certificates) on SIGHUP or
+//! a file change; [`shutdown`] resolves on SIGINT/SIGTERM; the binary
 //! (`src/main.rs`) only wires these together.
 
 pub mod auth;
