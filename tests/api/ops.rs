@@ -176,13 +176,7 @@ async fn access_lines(format: &str) -> Vec<String> {
     raw(addr, &req("/public?secret-query=1", None)).await;
     raw(addr, &req("/protected", Some("access-key-1"))).await;
     raw(addr, &req("/protected", Some("wrong-key-2"))).await;
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().await.unwrap();
-    assert!(out.status.success());
+    let out = terminate(child).await;
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_owned)
@@ -461,13 +455,7 @@ os.execv(sys.argv[1], [sys.argv[1], "--listen", "127.0.0.1:1"])
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(served, "the inherited socket was not served");
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().await.unwrap();
-    assert!(out.status.success());
+    let out = terminate(child).await;
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("inherited (LISTEN_FDS)"), "{log}");
 }
@@ -554,4 +542,16 @@ async fn stalled_access_log_drops_lines_instead_of_stalling() {
         "no line was dropped although stdout was never read"
     );
     let _ = child.kill().await;
+}
+
+/// SIGTERM, then the exit status and output; the exit must be clean.
+async fn terminate(child: tokio::process::Child) -> std::process::Output {
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "exit: {:?}", out.status);
+    out
 }
