@@ -251,11 +251,21 @@ async fn sighup_rotates_keys_under_load() {
     let addr = server.addr;
 
     // A client hammering with all three keys while the rotation happens.
+    // At least 3 000 requests; it goes on until 900 requests after the new
+    // key was first accepted (bounded: at most 30 000), whatever the machine's speed.
     let client = tokio::spawn(async move {
         let mut log = Vec::new();
-        for i in 0..3000 {
+        let mut swapped_at = None;
+        for i in 0..30_000 {
             let token = ["stays-key-0001", "leaves-key-002", "joins-key-0003"][i % 3];
-            log.push((token, status_with(addr, token).await));
+            let status = status_with(addr, token).await;
+            if token == "joins-key-0003" && status == 200 && swapped_at.is_none() {
+                swapped_at = Some(i);
+            }
+            log.push((token, status));
+            if i >= 3000 && swapped_at.is_some_and(|at| i >= at + 900) {
+                break;
+            }
         }
         log
     });
@@ -373,23 +383,35 @@ async fn reuse_port_hand_over_drops_no_request() {
     let new = Spawned::start_at(&listen, &["--reuse-port"], &[]).await;
     let addr: SocketAddr = listen.parse().unwrap();
 
+    // Requests on new connections for as long as the old process drains and
+    // 300 more after it has exited (bounded: at most 50 000).
+    let old_gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gone = old_gone.clone();
     let client = tokio::spawn(async move {
         let mut failures = Vec::new();
-        for i in 0..1500 {
+        let mut after = 0;
+        for i in 0..50_000 {
             let got = raw(addr, &req("/public", None)).await;
             if statuses(&got) != [200] {
                 failures.push((i, got));
             }
+            if gone.load(std::sync::atomic::Ordering::Relaxed) {
+                after += 1;
+                if after >= 300 {
+                    return (failures, i + 1);
+                }
+            }
         }
-        failures
+        (failures, 50_000)
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     old.signal("-TERM");
     assert!(old.wait().await.success());
-    let failures = client.await.unwrap();
+    old_gone.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (failures, sent) = client.await.unwrap();
     assert!(
         failures.is_empty(),
-        "{} failed requests: {:?}",
+        "{} of {sent} requests failed: {:?}",
         failures.len(),
         &failures[..failures.len().min(3)]
     );
