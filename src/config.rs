@@ -164,8 +164,7 @@ pub enum Command {
 
 /// Parses `10s`, `500ms`, `2m`, … (humantime); zero is refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{e} (write durations like 10s, 500ms or 2m)"))?;
+    let d = parse_duration_or_zero(s)?;
     if d.is_zero() {
         return Err("must be greater than zero".to_owned());
     }

@@ -67,11 +67,6 @@ impl Prebuilt {
         self
     }
 
-    /// The status code.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
     /// The full body bytes (what `GET` sends).
     pub fn body(&self) -> &Bytes {
         &self.body

@@ -213,11 +213,6 @@ impl App {
         })
     }
 
-    /// A snapshot of the accepted keys.
-    pub fn keys(&self) -> KeySet {
-        self.live.load().keys.clone()
-    }
-
     /// Replaces the accepted keys atomically: a request in flight finishes
     /// with the set it started with.
     pub fn replace_keys(&self, keys: KeySet) {
@@ -233,11 +228,6 @@ impl App {
     /// Shutdown has begun: `/readyz` answers 503 from now on.
     pub fn begin_draining(&self) {
         self.draining.store(true, Relaxed);
-    }
-
-    /// The prebuilt responses.
-    pub fn responses(&self) -> &Responses {
-        &self.responses
     }
 
     /// Answers a request from `peer`, and records it (metrics, access log).
