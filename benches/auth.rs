@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use tokengate::KeySet;
-use tokengate::auth::{Digest, Key, KeySource};
+use tokengate::keys::{Digest, Key, KeySource};
 
 const REAL: &str = "k7Qm2v9XwPz4sLr8k7Qm2v9XwPz4sLr8";
 

@@ -12,7 +12,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokengate::auth::{Digest, Key, KeySource};
+use tokengate::keys::{Digest, Key, KeySource};
 use tokengate::{App, AppConfig, KeySet, Limits};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -30,7 +30,7 @@ async fn tokengate_server(listener: TcpListener) {
         KeySource::Demo,
     ))
     .unwrap();
-    let app = Arc::new(App::new(keys, &AppConfig::default()).unwrap());
+    let app = Arc::new(App::new(keys, &AppConfig::default()));
     tokengate::serve(listener, app, Limits::default(), std::future::pending()).await;
 }
 

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Method, Request};
-use tokengate::auth::{Digest, Key, KeySource};
+use tokengate::keys::{Digest, Key, KeySource};
 use tokengate::{App, AppConfig, KeySet};
 
 fn app() -> App {
@@ -22,7 +22,7 @@ fn app() -> App {
         throttle: None,
         ..AppConfig::default()
     };
-    App::new(keys, &config).unwrap()
+    App::new(keys, &config)
 }
 
 fn request(method: Method, path: &str, headers: &[(&str, &str)]) -> Request<()> {

@@ -9,24 +9,29 @@
 //! One request, `GET /protected` with `X-Token`:
 //!
 //! * [`server`] accepts (taking a connection permit; with [`tls`], after a TLS
-//!   handshake), wraps the socket in a read counter watched by the watchdog
+//!   handshake), wraps the socket in a read counter sampled by the watchdog
 //!   thread, and hands it to hyper-util's auto builder with a `service_fn`
 //!   that calls [`App::handle`].
-//! * [`routes`] matches `(method, path)` in its one route table; the guard
-//!   consults [`throttle`] (failed-credential limit), then
-//! * [`auth`] checks the credential against the key set: SHA-256, one map
-//!   probe, constant-time equality.
+//! * [`app`] is the one entry point: it checks the head against [`head`]'s
+//!   limits, matches `(method, path)` in [`routes`]' one table, and for a
+//!   protected route asks the [`guard`]: the failed-credential [`throttle`],
+//!   then the [`keys`] (SHA-256, one map probe, constant-time equality).
 //! * [`responses`] supplies the prebuilt 200 or 401: bodies and header values
 //!   are built once at start-up; [`metrics`] records the request (an index and
-//!   an atomic increment).
+//!   an atomic increment) and the access log gets one event.
 //!
 //! Around them: [`config`] turns flags, environment and key files into a
 //! validated [`Config`]; [`reload`] swaps keys (and certificates) on SIGHUP or
-//! a file change; [`shutdown`] resolves on SIGINT/SIGTERM; the binary
-//! (`src/main.rs`) only wires these together.
+//! a file change; [`shutdown`] counts SIGINT/SIGTERM; [`lifecycle`] is the
+//! phase `/readyz` and the drain share; the binary (`src/main.rs`) only wires
+//! these together.
 
-pub mod auth;
+pub mod app;
 pub mod config;
+pub mod guard;
+pub mod head;
+pub mod keys;
+pub mod lifecycle;
 pub mod metrics;
 pub mod reload;
 pub mod responses;
@@ -36,7 +41,7 @@ pub mod shutdown;
 pub mod throttle;
 pub mod tls;
 
-pub use auth::{Digest, KeySet, Outcome};
+pub use app::{App, AppConfig};
 pub use config::{Args, Config, ConfigError};
-pub use routes::{App, AppConfig};
-pub use server::{Limits, serve, serve_with};
+pub use keys::{Digest, KeySet};
+pub use server::{Limits, Server, Stopped, serve};

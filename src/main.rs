@@ -1,13 +1,17 @@
-//! The `tokengate` binary: configuration → logging → bind → serve → exit code.
+//! The `tokengate` binary: configuration → logging → signal handlers and key
+//! watch installed → bind → announce → serve → exit code.
 
 use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use tokengate::config::{self, Args, Command, Config, TOKEN_ENV};
+use tokengate::config::{Args, Command, Config, LogFormat};
+use tokengate::keys::file::{TOKEN_ENV, hash_token_line};
+use tokengate::routes::ROUTES;
+use tokengate::shutdown::Signals;
 use tokengate::tls::Tls;
-use tokengate::{App, reload, serve_with, shutdown};
+use tokengate::{App, Server, Stopped, reload};
 use tracing::{error, info, warn};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
@@ -19,7 +23,7 @@ fn main() -> ExitCode {
     if args.command == Some(Command::HashToken) {
         return hash_token();
     }
-    let json = args.log_format == "json";
+    let json = args.log_format == LogFormat::Json;
     let access = init_logging(json, args.access_log);
     let config = match Config::from_args(&args, std::env::var_os(TOKEN_ENV)) {
         Ok(config) => config,
@@ -52,17 +56,15 @@ async fn run(
     config: Config,
     access_dropped: Option<tracing_appender::non_blocking::ErrorCounter>,
 ) -> ExitCode {
-    let app = match App::new(config.keys.clone(), &config.app) {
-        Ok(app) => Arc::new(app),
-        Err(e) => {
-            eprintln!("tokengate: --realm: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Some(dropped) = access_dropped {
-        app.metrics()
-            .set_log_dropped_source(Arc::new(move || dropped.dropped_lines() as u64));
-    }
+    let dropped = access_dropped.map(|counter| {
+        Arc::new(move || counter.dropped_lines() as u64) as tokengate::metrics::DroppedSource
+    });
+    let app = Arc::new(App::build(
+        ROUTES,
+        config.keys.clone(),
+        &config.app,
+        dropped,
+    ));
     let tls = match &config.tls {
         None => None,
         Some(files) => match Tls::new(files.clone()) {
@@ -74,6 +76,21 @@ async fn run(
             }
         },
     };
+    // Ready means ready: every handler and the key-file watch are in place
+    // before the port is bound and announced.
+    let signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("tokengate: cannot install the SIGINT/SIGTERM handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    reload::install(
+        app.clone(),
+        config.sources.clone(),
+        config.watch_token_file,
+        tls.clone(),
+    );
     let (listener, origin) = match listener(&config) {
         Ok(l) => l,
         Err(e) => {
@@ -88,7 +105,6 @@ async fn run(
             "no key configured (TOKENGATE_TOKEN, --token-file): using the demo key 'mysecrettoken'; do not use it in production"
         );
     }
-    let labels: Vec<&str> = config.keys.keys().iter().map(|k| k.label()).collect();
     let (scheme, protocols) = match tls {
         Some(_) => ("https", "TLS with ALPN h2, http/1.1"),
         None => ("http", "http/1.1, h2c"),
@@ -97,24 +113,18 @@ async fn run(
         address = %local,
         socket = origin,
         protocols,
-        keys = ?labels,
+        keys = ?app.key_labels(),
         "tokengate listening on {scheme}://{local}"
     );
-    tokio::spawn(reload::run(
-        app.clone(),
-        config.sources.clone(),
-        config.watch_token_file,
-        tls.clone(),
-    ));
-    serve_with(
-        listener,
-        app,
-        config.limits.clone(),
-        tls,
-        shutdown::signal(),
-    )
-    .await;
-    ExitCode::SUCCESS
+    let stopped = Server::new(app, config.limits.clone())
+        .tls(tls)
+        .force_stop_on(signals.second())
+        .serve(listener, signals.first())
+        .await;
+    match stopped {
+        Stopped::Drained | Stopped::DeadlineReached(_) => ExitCode::SUCCESS,
+        Stopped::Forced(_) => ExitCode::FAILURE,
+    }
 }
 
 /// The listening socket: inherited from systemd (`LISTEN_FDS`), bound with
@@ -223,7 +233,7 @@ fn hash_token() -> ExitCode {
         eprintln!("tokengate hash-token: cannot read stdin: {e}");
         return ExitCode::from(2);
     }
-    match config::hash_token_line(&input) {
+    match hash_token_line(&input) {
         Ok(line) => {
             println!("{line}");
             ExitCode::SUCCESS

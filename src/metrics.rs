@@ -1,39 +1,89 @@
 //! Prometheus metrics. Every label set is resolved once — at start-up, or
 //! when keys are reloaded — into a handle kept in an array, so recording a
 //! request is an index and an atomic increment, never a label lookup.
-//! `prometheus-client` owns the metric types and the text exposition format.
+//! `prometheus-client` owns the metric types and the text exposition format;
+//! label sets are typed ([`EncodeLabelSet`]).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::auth::KeySet;
-
-type Labels = Vec<(String, String)>;
+use crate::guard::Outcome;
+use crate::keys::KeySet;
+use crate::routes::RouteIndex;
 
 /// Reads the access-log writer's count of dropped lines.
 pub type DroppedSource = Arc<dyn Fn() -> u64 + Send + Sync>;
 
-/// Route labels: the route table's paths, then `other` (404s, redirects,
-/// requests rejected before routing).
-pub const ROUTE_LABELS: &[&str] = &[
-    "public",
-    "protected",
-    "healthz",
-    "readyz",
-    "metrics",
-    "other",
+/// The statuses counted in their own series (code and label); any other is `other`.
+const STATUSES: &[(u16, &str)] = &[
+    (200, "200"),
+    (204, "204"),
+    (307, "307"),
+    (400, "400"),
+    (401, "401"),
+    (404, "404"),
+    (405, "405"),
+    (414, "414"),
+    (429, "429"),
+    (431, "431"),
+    (503, "503"),
 ];
-/// Index of the `other` route label.
-pub const OTHER_ROUTE: usize = ROUTE_LABELS.len() - 1;
-const STATUSES: &[u16] = &[200, 204, 307, 400, 401, 404, 405, 414, 429, 431, 503];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+/// `outcome`, and `key` (the key's label) for `ok` only.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct AuthLabels {
+    outcome: &'static str,
+    key: Option<Arc<str>>,
+}
+
+impl EncodeLabelSet for AuthLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        match &self.key {
+            None => [("outcome", self.outcome)].as_slice().encode(encoder),
+            Some(key) => [("outcome", self.outcome), ("key", key)]
+                .as_slice()
+                .encode(encoder),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabel {
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
 
 /// How a connection's protocol is counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,26 +96,13 @@ pub enum Protocol {
     Tls,
 }
 
-/// What the guard decided, as a metric.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthMetric {
-    /// A key was accepted; its index in the live key set.
-    Ok(usize),
-    /// No credential.
-    Missing,
-    /// A wrong credential.
-    Invalid,
-    /// Over the failed-credential limit.
-    Throttled,
-}
-
 /// All metrics of one server.
 pub struct Metrics {
     registry: Registry,
-    /// `[route][status]`; the last status column is `other`.
+    /// `[route][status]`; the last status column is `other`, the last route `other`.
     requests: Vec<Counter>,
     durations: Vec<Histogram>,
-    auth_family: Family<Labels, Counter>,
+    auth_family: Family<AuthLabels, Counter>,
     missing: Counter,
     invalid: Counter,
     throttled: Counter,
@@ -74,9 +111,6 @@ pub struct Metrics {
     reloads_ok: Counter,
     reloads_failed: Counter,
     keys_loaded: Gauge,
-    log_dropped: Counter,
-    /// Lines the access-log writer reports dropped, and how many were counted.
-    log_dropped_source: Mutex<Option<(DroppedSource, u64)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -85,45 +119,52 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+/// `tokengate_access_log_dropped_lines_total`, read from the access-log
+/// writer at scrape time.
+struct DroppedLines(DroppedSource);
+
+impl std::fmt::Debug for DroppedLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DroppedLines")
+    }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+impl Collector for DroppedLines {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new((self.0)());
+        let metric = encoder.encode_descriptor(
+            "access_log_dropped_lines",
+            "Access-log lines dropped because the writer could not keep up",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
     }
 }
 
 impl Metrics {
     /// Registers every metric and resolves every fixed label set.
-    pub fn new() -> Self {
+    /// `route_labels` are the route table's labels, `other` last; `dropped`
+    /// reads the access log's dropped lines (absent without `--access-log`:
+    /// the counter then reads 0).
+    pub fn new(route_labels: &[&'static str], dropped: Option<DroppedSource>) -> Self {
         let mut registry = Registry::with_prefix("tokengate");
 
-        let requests_family = Family::<Labels, Counter>::default();
+        let requests_family = Family::<RouteStatus, Counter>::default();
         registry.register(
             "requests",
             "HTTP requests answered, by route and status",
             requests_family.clone(),
         );
+        let status_labels = STATUSES.iter().map(|&(_, label)| label).chain(["other"]);
         let mut requests = Vec::new();
-        for route in ROUTE_LABELS {
-            for status in STATUSES
-                .iter()
-                .map(u16::to_string)
-                .chain(["other".to_owned()])
-            {
-                requests.push(
-                    requests_family
-                        .get_or_create_owned(&labels(&[("route", route), ("status", &status)])),
-                );
+        for &route in route_labels {
+            for status in status_labels.clone() {
+                requests.push(requests_family.get_or_create_owned(&RouteStatus { route, status }));
             }
         }
 
-        let durations_family = Family::<Labels, Histogram>::new_with_constructor(|| {
+        let durations_family = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
             Histogram::new([
                 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1,
             ])
@@ -133,20 +174,20 @@ impl Metrics {
             "Time spent answering a request in the handler, by route",
             durations_family.clone(),
         );
-        let durations = ROUTE_LABELS
+        let durations = route_labels
             .iter()
-            .map(|r| durations_family.get_or_create_owned(&labels(&[("route", r)])))
+            .map(|&route| durations_family.get_or_create_owned(&RouteLabel { route }))
             .collect();
 
-        let auth_family = Family::<Labels, Counter>::default();
+        let auth_family = Family::<AuthLabels, Counter>::default();
         registry.register(
             "auth",
             "Credential checks on protected routes, by outcome (and key label for ok)",
             auth_family.clone(),
         );
-        let missing = auth_family.get_or_create_owned(&labels(&[("outcome", "missing")]));
-        let invalid = auth_family.get_or_create_owned(&labels(&[("outcome", "invalid")]));
-        let throttled = auth_family.get_or_create_owned(&labels(&[("outcome", "throttled")]));
+        let outcome = |outcome| auth_family.get_or_create_owned(&AuthLabels { outcome, key: None });
+        let (missing, invalid, throttled) =
+            (outcome("missing"), outcome("invalid"), outcome("throttled"));
 
         let open_connections = Gauge::default();
         registry.register(
@@ -154,23 +195,23 @@ impl Metrics {
             "Connections currently open",
             open_connections.clone(),
         );
-        let accepted_family = Family::<Labels, Counter>::default();
+        let accepted_family = Family::<ProtocolLabel, Counter>::default();
         registry.register(
             "connections_accepted",
             "Connections accepted, by protocol (h1 and h2 counted at their first request)",
             accepted_family.clone(),
         );
         let accepted = ["h1", "h2", "tls"]
-            .map(|p| accepted_family.get_or_create_owned(&labels(&[("protocol", p)])));
+            .map(|protocol| accepted_family.get_or_create_owned(&ProtocolLabel { protocol }));
 
-        let reloads_family = Family::<Labels, Counter>::default();
+        let reloads_family = Family::<ResultLabel, Counter>::default();
         registry.register(
             "key_reloads",
             "Key-file reloads, by result",
             reloads_family.clone(),
         );
-        let reloads_ok = reloads_family.get_or_create_owned(&labels(&[("result", "success")]));
-        let reloads_failed = reloads_family.get_or_create_owned(&labels(&[("result", "failure")]));
+        let reloads_ok = reloads_family.get_or_create_owned(&ResultLabel { result: "success" });
+        let reloads_failed = reloads_family.get_or_create_owned(&ResultLabel { result: "failure" });
         let keys_loaded = Gauge::default();
         registry.register(
             "keys_loaded",
@@ -178,17 +219,16 @@ impl Metrics {
             keys_loaded.clone(),
         );
 
-        let log_dropped = Counter::default();
-        registry.register(
-            "access_log_dropped_lines",
-            "Access-log lines dropped because the writer could not keep up",
-            log_dropped.clone(),
-        );
+        registry.register_collector(Box::new(DroppedLines(
+            dropped.unwrap_or_else(|| Arc::new(|| 0)),
+        )));
 
-        let build = Family::<Labels, Gauge>::default();
+        let build = Family::<VersionLabel, Gauge>::default();
         registry.register("build_info", "Build information", build.clone());
         build
-            .get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))]))
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
             .set(1);
 
         Metrics {
@@ -204,8 +244,6 @@ impl Metrics {
             reloads_ok,
             reloads_failed,
             keys_loaded,
-            log_dropped,
-            log_dropped_source: Mutex::new(None),
         }
     }
 
@@ -216,43 +254,40 @@ impl Metrics {
         keys.keys()
             .iter()
             .map(|k| {
-                self.auth_family
-                    .get_or_create_owned(&labels(&[("outcome", "ok"), ("key", k.label())]))
+                self.auth_family.get_or_create_owned(&AuthLabels {
+                    outcome: "ok",
+                    key: Some(k.label_arc()),
+                })
             })
             .collect()
     }
 
     /// Records one answered request.
     #[inline]
-    pub fn record(&self, route: usize, status: StatusCode, elapsed: Duration) {
+    pub fn record(&self, route: RouteIndex, status: StatusCode, elapsed: Duration) {
         let column = STATUSES
             .iter()
-            .position(|&s| s == status.as_u16())
+            .position(|&(code, _)| code == status.as_u16())
             .unwrap_or(STATUSES.len());
-        let route = route.min(OTHER_ROUTE);
+        let route = route.0.min(self.durations.len() - 1);
         self.requests[route * (STATUSES.len() + 1) + column].inc();
         self.durations[route].observe(elapsed.as_secs_f64());
     }
 
-    /// Records what the guard decided.
+    /// Records what the guard decided; `ok_counters` are the per-key
+    /// counters aligned with the key set that decided.
     #[inline]
-    pub fn record_auth(&self, outcome: AuthMetric, ok_counters: &[Counter]) {
-        match outcome {
-            AuthMetric::Ok(i) => {
-                if let Some(c) = ok_counters.get(i) {
-                    c.inc();
-                }
-            }
-            AuthMetric::Missing => {
-                self.missing.inc();
-            }
-            AuthMetric::Invalid => {
-                self.invalid.inc();
-            }
-            AuthMetric::Throttled => {
-                self.throttled.inc();
-            }
-        }
+    pub fn record_auth(&self, outcome: &Outcome, ok_counters: &[Counter]) {
+        let counter = match outcome {
+            Outcome::Valid(id) => match ok_counters.get(id.index()) {
+                Some(c) => c,
+                None => return,
+            },
+            Outcome::Missing => &self.missing,
+            Outcome::Invalid => &self.invalid,
+            Outcome::Throttled(_) => &self.throttled,
+        };
+        counter.inc();
     }
 
     /// A connection opened.
@@ -267,12 +302,7 @@ impl Metrics {
 
     /// A connection's protocol became known.
     pub fn accepted(&self, protocol: Protocol) {
-        let i = match protocol {
-            Protocol::H1 => 0,
-            Protocol::H2 => 1,
-            Protocol::Tls => 2,
-        };
-        self.accepted[i].inc();
+        self.accepted[protocol as usize].inc();
     }
 
     /// A key reload finished.
@@ -284,25 +314,8 @@ impl Metrics {
         }
     }
 
-    /// Where the access-log writer reports its dropped lines.
-    pub fn set_log_dropped_source(&self, source: DroppedSource) {
-        *self
-            .log_dropped_source
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some((source, 0));
-    }
-
     /// The text exposition (Prometheus text format 0.0.4 / OpenMetrics text).
     pub fn render(&self) -> String {
-        if let Some((source, counted)) = &mut *self
-            .log_dropped_source
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-        {
-            let now = source();
-            self.log_dropped.inc_by(now.saturating_sub(*counted));
-            *counted = now;
-        }
         let mut out = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
         encode(&mut out, &self.registry).expect("encoding metrics into a String cannot fail");
@@ -313,20 +326,31 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{Digest, Key, KeySource};
+    use crate::keys::{Digest, Key, KeyId, KeySource};
 
     #[test]
     fn exposition_has_every_family() {
-        let m = Metrics::new();
+        let m = Metrics::new(
+            &crate::routes::Router::labels(crate::routes::ROUTES),
+            Some(Arc::new(|| 7)),
+        );
         let mut keys = KeySet::new();
         keys.insert(Key::new(Digest::of(b"a"), "ci-bot", KeySource::Env))
             .expect("unique");
         let ok = m.key_counters(&keys);
-        m.record(0, StatusCode::OK, Duration::from_micros(20));
-        m.record(1, StatusCode::UNAUTHORIZED, Duration::from_micros(30));
-        m.record(9, StatusCode::IM_A_TEAPOT, Duration::from_micros(30));
-        m.record_auth(AuthMetric::Ok(0), &ok);
-        m.record_auth(AuthMetric::Invalid, &ok);
+        m.record(RouteIndex(0), StatusCode::OK, Duration::from_micros(20));
+        m.record(
+            RouteIndex(1),
+            StatusCode::UNAUTHORIZED,
+            Duration::from_micros(30),
+        );
+        m.record(
+            RouteIndex(9),
+            StatusCode::IM_A_TEAPOT,
+            Duration::from_micros(30),
+        );
+        m.record_auth(&Outcome::Valid(KeyId::new(0)), &ok);
+        m.record_auth(&Outcome::Invalid, &ok);
         m.connection_opened();
         m.accepted(Protocol::H2);
         m.reloaded(false);
@@ -342,6 +366,7 @@ mod tests {
             r#"tokengate_connections_accepted_total{protocol="h2"} 1"#,
             r#"tokengate_key_reloads_total{result="failure"} 1"#,
             "tokengate_keys_loaded 1",
+            "tokengate_access_log_dropped_lines_total 7",
             r#"tokengate_build_info{version=""#,
             "# EOF",
         ] {

@@ -2,6 +2,12 @@
 //! `--watch-token-file` its directory is watched too, which also catches the
 //! way Kubernetes updates a mounted Secret (the `..data` symlink is swapped).
 //!
+//! [`install`] sets up the SIGHUP handler and the watch synchronously, before
+//! the server is announced, then re-reads the key file once: a change made
+//! between start-up and the watch is not lost, and a SIGHUP that arrives as
+//! soon as the port accepts never meets the default action (which would end
+//! the process).
+//!
 //! A new key set is parsed and validated in full, then swapped in atomically
 //! ([`App::replace_keys`]); requests in flight finish with the set they
 //! started with. A file that fails validation leaves the old set in place,
@@ -12,21 +18,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::config::{ConfigError, KeySources};
-use crate::routes::App;
+use crate::app::App;
+use crate::keys::{KeyError, KeySources};
 use crate::tls::Tls;
 
 /// Reloads the keys once; on failure the previous keys stay in place.
-pub fn reload(app: &App, sources: &KeySources) -> Result<usize, ConfigError> {
+pub fn reload(app: &App, sources: &KeySources) -> Result<usize, KeyError> {
     match sources.load() {
         Ok((keys, _demo)) => {
-            let labels: Vec<String> = keys.keys().iter().map(|k| k.label().to_owned()).collect();
             let n = keys.len();
             app.replace_keys(keys);
             app.metrics().reloaded(true);
-            info!(keys = ?labels, "keys reloaded");
+            info!(keys = ?app.key_labels(), "keys reloaded");
             Ok(n)
         }
         Err(e) => {
@@ -37,9 +42,12 @@ pub fn reload(app: &App, sources: &KeySources) -> Result<usize, ConfigError> {
     }
 }
 
-/// Waits for SIGHUP (and key-file changes, with `watch`) and reloads the keys
-/// — and on SIGHUP the TLS certificate and key — for ever.
-pub async fn run(app: Arc<App>, sources: KeySources, watch: bool, tls: Option<Arc<Tls>>) {
+/// Installs the SIGHUP handler and, with `watch`, the key-file watch — both
+/// in place when this returns — re-reads the key file once, and spawns the
+/// task that reloads the keys (and on SIGHUP the TLS certificate and key) on
+/// either, for as long as the runtime runs. Must be called inside a Tokio
+/// runtime.
+pub fn install(app: Arc<App>, sources: KeySources, watch: bool, tls: Option<Arc<Tls>>) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
 
     #[cfg(unix)]
@@ -61,25 +69,39 @@ pub async fn run(app: Arc<App>, sources: KeySources, watch: bool, tls: Option<Ar
         }
     }
 
-    // Kept alive for as long as this task runs.
-    let _watcher = match (&sources.token_file, watch) {
+    let watcher = match (&sources.token_file, watch) {
         (Some(path), true) => watch_file(path, tx.clone()),
         _ => None,
     };
     drop(tx);
 
-    while rx.recv().await.is_some() {
-        // Settle: a writer or a Secret update produces several events.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        while rx.try_recv().is_ok() {}
-        let _ = reload(&app, &sources);
-        if let Some(tls) = &tls {
-            match tls.reload() {
-                Ok(()) => info!("TLS certificate and key reloaded"),
-                Err(e) => error!("TLS reload failed, keeping the previous certificate: {e}"),
+    // The file may have changed since the configuration was read.
+    if sources.token_file.is_some() {
+        match sources.load() {
+            Ok((keys, _demo)) => {
+                app.replace_keys(keys);
+                debug!("key file re-read after the watch was installed");
             }
+            Err(e) => error!("key file re-read failed, keeping the keys loaded at start-up: {e}"),
         }
     }
+
+    tokio::spawn(async move {
+        // Kept alive for as long as this task runs.
+        let _watcher = watcher;
+        while rx.recv().await.is_some() {
+            // Settle: a writer or a Secret update produces several events.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while rx.try_recv().is_ok() {}
+            let _ = reload(&app, &sources);
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => info!("TLS certificate and key reloaded"),
+                    Err(e) => error!("TLS reload failed, keeping the previous certificate: {e}"),
+                }
+            }
+        }
+    });
 }
 
 fn watch_file(path: &std::path::Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {

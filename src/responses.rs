@@ -1,7 +1,9 @@
-//! The response bytes, built once at start-up: JSON bodies (serialised with
+//! Every response tokengate sends, and the one place where errors become
+//! responses. Bytes are built once at start-up: JSON bodies (serialised with
 //! `serde_json`), their `content-length` values and the other header values.
 //! Per request, a response is assembled from shared [`Bytes`] and
-//! [`HeaderValue`]s: nothing is formatted or serialised on the hot path.
+//! [`HeaderValue`]s: nothing is formatted or serialised on the hot path (the
+//! `/metrics` exposition and a redirect's query are the exceptions).
 
 use bytes::Bytes;
 use http::header::{
@@ -9,14 +11,15 @@ use http::header::{
 };
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
+use std::time::Duration;
 
 /// The body type of every response tokengate sends.
 pub type Body = Full<Bytes>;
 
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
-/// The methods every route answers.
-pub const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
+const OPENMETRICS: HeaderValue =
+    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
 
 /// A response prepared at start-up: status, body and headers.
 #[derive(Clone, Debug)]
@@ -108,6 +111,49 @@ pub fn message(text: &str) -> Prebuilt {
     Prebuilt::json(StatusCode::OK, &serde_json::json!({ "message": text }))
 }
 
+/// The realm of the `WWW-Authenticate` challenge: 1-64 printable ASCII
+/// characters without `"` or `\\`, so it can be quoted in a header as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Realm(String);
+
+/// Why a realm cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be 1-64 printable ASCII characters without '\"' or '\\'")]
+pub struct InvalidRealm;
+
+impl Realm {
+    /// Validates a realm.
+    pub fn new(realm: &str) -> Result<Self, InvalidRealm> {
+        let ok = !realm.is_empty()
+            && realm.len() <= 64
+            && realm
+                .bytes()
+                .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+        if ok {
+            Ok(Realm(realm.to_owned()))
+        } else {
+            Err(InvalidRealm)
+        }
+    }
+
+    /// The realm as configured.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `Bearer realm="…"` followed by `extra`, as a header value.
+    fn challenge(&self, extra: &str) -> HeaderValue {
+        HeaderValue::try_from(format!("Bearer realm=\"{}\"{extra}", self.0))
+            .expect("a validated realm is visible ASCII without quotes: a valid header value")
+    }
+}
+
+impl Default for Realm {
+    fn default() -> Self {
+        Realm("tokengate".to_owned())
+    }
+}
+
 /// Every fixed response the server sends, built once.
 #[derive(Clone, Debug)]
 pub struct Responses {
@@ -115,13 +161,10 @@ pub struct Responses {
     pub unauthorized_missing: Prebuilt,
     /// 401, a wrong credential presented.
     pub unauthorized_invalid: Prebuilt,
-    /// 204 for `OPTIONS` on a route.
-    pub options: Prebuilt,
-    /// 405 for other methods on a route.
-    pub method_not_allowed: Prebuilt,
     /// 404 for unknown paths.
     pub not_found: Prebuilt,
-    /// 400 for requests HTTP rejects (missing or repeated `Host`).
+    /// 400 for requests HTTP rejects (missing or repeated `Host`, a target
+    /// that is not origin-form).
     pub bad_request: Prebuilt,
     /// 429 for a client over its failed-credential limit.
     pub too_many_requests: Prebuilt,
@@ -129,39 +172,25 @@ pub struct Responses {
     pub header_fields_too_large: Prebuilt,
     /// 414 for a request target over the limit.
     pub uri_too_long: Prebuilt,
+    /// 503 `{"status":"draining"}` from `/readyz` once shutdown has begun.
+    pub draining: Prebuilt,
+    /// 405 to `CONNECT`: no route tunnels.
+    pub connect_not_allowed: Prebuilt,
 }
-
-/// Why a realm cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("must be 1-64 printable ASCII characters without '\"' or '\\'")]
-pub struct InvalidRealm;
 
 impl Responses {
     /// Builds every response; `realm` goes into `WWW-Authenticate`.
-    pub fn new(realm: &str) -> Result<Self, InvalidRealm> {
-        let realm_ok = !realm.is_empty()
-            && realm.len() <= 64
-            && realm
-                .bytes()
-                .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
-        if !realm_ok {
-            return Err(InvalidRealm);
-        }
-        let challenge = |extra: &str| {
-            HeaderValue::try_from(format!("Bearer realm=\"{realm}\"{extra}"))
-                .map_err(|_| InvalidRealm)
-        };
+    pub fn new(realm: &Realm) -> Self {
         let unauthorized =
             detail(StatusCode::UNAUTHORIZED, "Unauthorized").header(CACHE_CONTROL, NO_STORE);
-        Ok(Responses {
+        Responses {
             unauthorized_missing: unauthorized
                 .clone()
-                .header(WWW_AUTHENTICATE, challenge("")?),
-            unauthorized_invalid: unauthorized
-                .header(WWW_AUTHENTICATE, challenge(", error=\"invalid_token\"")?),
-            options: Prebuilt::empty(StatusCode::NO_CONTENT).header(ALLOW, ALLOWED_METHODS),
-            method_not_allowed: detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
-                .header(ALLOW, ALLOWED_METHODS),
+                .header(WWW_AUTHENTICATE, realm.challenge("")),
+            unauthorized_invalid: unauthorized.header(
+                WWW_AUTHENTICATE,
+                realm.challenge(", error=\"invalid_token\""),
+            ),
             not_found: detail(StatusCode::NOT_FOUND, "Not Found"),
             bad_request: detail(StatusCode::BAD_REQUEST, "Bad Request"),
             too_many_requests: detail(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
@@ -171,8 +200,51 @@ impl Responses {
                 "Request Header Fields Too Large",
             ),
             uri_too_long: detail(StatusCode::URI_TOO_LONG, "URI Too Long"),
-        })
+            draining: status(StatusCode::SERVICE_UNAVAILABLE, "draining"),
+            connect_not_allowed: method_not_allowed(HeaderValue::from_static("GET, HEAD, OPTIONS")),
+        }
     }
+
+    /// 429 with `retry-after`: the wait, rounded up to whole seconds (at least 1).
+    pub fn too_many(&self, wait: Duration, head: bool) -> Response<Body> {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut response = self.too_many_requests.respond(head);
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        response
+    }
+}
+
+/// `{"status": text}` with `cache-control: no-store` (health and readiness).
+pub fn status(code: StatusCode, text: &str) -> Prebuilt {
+    Prebuilt::json(code, &serde_json::json!({ "status": text })).header(CACHE_CONTROL, NO_STORE)
+}
+
+/// 204 for `OPTIONS` on a route, with its `allow`.
+pub fn options(allow: HeaderValue) -> Prebuilt {
+    Prebuilt::empty(StatusCode::NO_CONTENT).header(ALLOW, allow)
+}
+
+/// 405 for a method a route does not answer, with its `allow` (RFC 9110 §15.5.6).
+pub fn method_not_allowed(allow: HeaderValue) -> Prebuilt {
+    detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed").header(ALLOW, allow)
+}
+
+/// 200 with the Prometheus exposition `text` (`ok` carries the route's headers).
+pub fn metrics(ok: &Prebuilt, text: String, head: bool) -> Response<Body> {
+    let length = HeaderValue::from(text.len());
+    let mut response = ok.respond(head);
+    *response.body_mut() = Full::new(if head {
+        Bytes::new()
+    } else {
+        Bytes::from(text)
+    });
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, OPENMETRICS);
+    headers.insert(CACHE_CONTROL, NO_STORE);
+    headers.insert(CONTENT_LENGTH, length);
+    response
 }
 
 /// The body of a protected route's success: `cache-control: no-store` added.
@@ -191,14 +263,6 @@ pub fn redirect(location: HeaderValue) -> Response<Body> {
     response
 }
 
-/// Adds `retry-after` (seconds) to a prebuilt 429.
-pub fn with_retry_after(mut response: Response<Body>, seconds: u64) -> Response<Body> {
-    response
-        .headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-    response
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -206,7 +270,7 @@ mod tests {
 
     #[test]
     fn bodies_are_the_fastapi_bytes() {
-        let r = Responses::new("tokengate").unwrap();
+        let r = Responses::new(&Realm::default());
         assert_eq!(
             &r.unauthorized_missing.body()[..],
             br#"{"detail":"Unauthorized"}"#
@@ -238,11 +302,20 @@ mod tests {
 
     #[test]
     fn realm_is_validated() {
-        assert!(Responses::new("").is_err());
-        assert!(Responses::new("a\"b").is_err());
-        assert!(Responses::new("a\\b").is_err());
-        assert!(Responses::new("x\ny").is_err());
-        assert!(Responses::new(&"r".repeat(65)).is_err());
-        assert!(Responses::new("My API v2").is_ok());
+        assert!(Realm::new("").is_err());
+        assert!(Realm::new("a\"b").is_err());
+        assert!(Realm::new("a\\b").is_err());
+        assert!(Realm::new("x\ny").is_err());
+        assert!(Realm::new(&"r".repeat(65)).is_err());
+        assert_eq!(Realm::new("My API v2").unwrap().as_str(), "My API v2");
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        let r = Responses::new(&Realm::default());
+        let resp = r.too_many(Duration::from_millis(1500), false);
+        assert_eq!(resp.headers()[RETRY_AFTER], "2");
+        let resp = r.too_many(Duration::ZERO, true);
+        assert_eq!(resp.headers()[RETRY_AFTER], "1");
     }
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use tokengate::auth::{Digest, Key, KeySource};
+use tokengate::keys::{Digest, Key, KeySource};
 use tokengate::{App, AppConfig, KeySet, Limits};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -69,7 +69,7 @@ fn the_request_path_allocates_no_more_than_the_floor() {
         let mut keys = KeySet::new();
         keys.insert(Key::new(Digest::of(b"mysecrettoken"), "demo", KeySource::Demo))
             .unwrap();
-        let app = Arc::new(App::new(keys, &AppConfig::default()).unwrap());
+        let app = Arc::new(App::new(keys, &AppConfig::default()));
         tokio::spawn(tokengate::serve(t, app, Limits::default(), std::future::pending()));
 
         let n = 2000;

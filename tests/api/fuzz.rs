@@ -16,7 +16,7 @@ use crate::support::{KEY, TestServer, closed_within, keys, raw, statuses};
 const DOCUMENTED: &[u16] = &[200, 204, 307, 400, 401, 404, 405, 414, 429, 431];
 
 fn app() -> App {
-    App::new(keys(&[KEY]), &AppConfig::default()).unwrap()
+    App::new(keys(&[KEY]), &AppConfig::default())
 }
 
 fn method() -> impl Strategy<Value = String> {

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Mutex;
-use tokengate::auth::{Digest, Key, KeySource};
+use tokengate::keys::{Digest, Key, KeySource};
 use tokengate::{App, AppConfig, KeySet, Limits};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,7 +26,7 @@ pub const WRONG: &str = "not-the-key";
 pub struct TestServer {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<()>>,
+    handle: Option<JoinHandle<tokengate::Stopped>>,
 }
 
 pub fn keys(tokens: &[&str]) -> KeySet {
@@ -51,7 +51,7 @@ impl TestServer {
     pub async fn with(keys: KeySet, app: AppConfig, limits: Limits) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = Arc::new(App::new(keys, &app).unwrap());
+        let app = Arc::new(App::new(keys, &app));
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(tokengate::serve(listener, app, limits, async {
             let _ = rx.await;

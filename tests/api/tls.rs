@@ -108,18 +108,13 @@ async fn https_get(
 async fn in_process(cert: &Cert, limits: Limits) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = Arc::new(App::new(keys(&[KEY]), &AppConfig::default()).unwrap());
+    let app = Arc::new(App::new(keys(&[KEY]), &AppConfig::default()));
     let tls = Arc::new(Tls::new(cert.files.clone()).unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(tokengate::serve_with(
-        listener,
-        app,
-        limits,
-        Some(tls),
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let server = tokengate::Server::new(app, limits).tls(Some(tls));
+    tokio::spawn(server.serve(listener, async {
+        let _ = rx.await;
+    }));
     (addr, tx)
 }
 

@@ -1,5 +1,6 @@
-//! The key set: SHA-256 digests of the accepted tokens, and the one guard that
-//! checks a request's credential against them.
+//! The key set: SHA-256 digests of the accepted tokens, the credential a
+//! request carries, and the check of one against the other. The key-file
+//! format and loading live in [`file`].
 //!
 //! # Why this is timing-safe
 //!
@@ -30,6 +31,12 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
+
+use crate::guard::Outcome;
+
+pub mod file;
+
+pub use file::{KeyError, KeySources, LineProblem, TokenProblem};
 
 /// A SHA-256 digest of a token. Equality is constant-time.
 #[derive(Clone, Copy, Eq)]
@@ -143,6 +150,11 @@ impl Key {
         &self.label
     }
 
+    /// The key's label, shared.
+    pub fn label_arc(&self) -> Arc<str> {
+        self.label.clone()
+    }
+
     /// Where the key was configured.
     pub fn source(&self) -> &KeySource {
         &self.source
@@ -163,6 +175,11 @@ impl fmt::Debug for Key {
 pub struct KeyId(usize);
 
 impl KeyId {
+    /// The id of the key at `index` in its set.
+    pub fn new(index: usize) -> Self {
+        KeyId(index)
+    }
+
     /// The position of the key in its set.
     pub fn index(self) -> usize {
         self.0
@@ -230,19 +247,20 @@ impl KeySet {
         self.by_digest.get(&Digest::of(token)).copied()
     }
 
-    /// The guard: extracts the credential from `headers` and checks it.
+    /// Extracts the credential from `headers` and checks it: the key set's
+    /// part of the guard's [`Outcome`] (`Valid`, `Missing` or `Invalid`).
     ///
     /// `token_header` (default `X-Token`) wins when present; otherwise
     /// `Authorization: Bearer <token>` is used. Two or more fields of the
     /// header that carries the credential are always [`Outcome::Invalid`].
+    #[inline]
     pub fn check(&self, headers: &HeaderMap, token_header: &HeaderName) -> Outcome {
         match credential(headers, token_header) {
-            Credential::Missing => Outcome::Missing,
-            Credential::Invalid => Outcome::Invalid,
-            Credential::Token(token) => match self.verify(token) {
+            Ok(token) => match self.verify(token) {
                 Some(id) => Outcome::Valid(id),
                 None => Outcome::Invalid,
             },
+            Err(rejected) => rejected,
         }
     }
 }
@@ -258,68 +276,48 @@ impl fmt::Debug for KeySet {
     }
 }
 
-/// The result of the guard.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// A configured key was presented.
-    Valid(KeyId),
-    /// No credential was presented.
-    Missing,
-    /// A credential was presented and is wrong (or ambiguous: repeated fields).
-    Invalid,
-}
-
-enum Credential<'a> {
-    Missing,
-    Invalid,
-    Token(&'a [u8]),
-}
-
-fn credential<'a>(headers: &'a HeaderMap, token_header: &HeaderName) -> Credential<'a> {
+/// The presented token, or why there is none (`Missing` or `Invalid`).
+fn credential<'a>(headers: &'a HeaderMap, token_header: &HeaderName) -> Result<&'a [u8], Outcome> {
     let mut values = headers.get_all(token_header).iter();
     match (values.next(), values.next()) {
-        (Some(_), Some(_)) => return Credential::Invalid,
-        (Some(value), None) => {
-            let token = trim_ows(value.as_bytes());
-            return if token.is_empty() {
-                Credential::Invalid
-            } else {
-                Credential::Token(token)
-            };
-        }
+        (Some(_), Some(_)) => return Err(Outcome::Invalid),
+        (Some(value), None) => return non_empty(trim_ows(value.as_bytes())),
         (None, _) => {}
     }
 
     let mut values = headers.get_all(AUTHORIZATION).iter();
     match (values.next(), values.next()) {
-        (None, _) => Credential::Missing,
-        (Some(_), Some(_)) => Credential::Invalid,
+        (None, _) => Err(Outcome::Missing),
+        (Some(_), Some(_)) => Err(Outcome::Invalid),
         (Some(value), None) => bearer(value.as_bytes()),
+    }
+}
+
+fn non_empty(token: &[u8]) -> Result<&[u8], Outcome> {
+    if token.is_empty() {
+        Err(Outcome::Invalid)
+    } else {
+        Ok(token)
     }
 }
 
 /// Parses `Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1). Another
 /// scheme is not a bearer credential at all, so it counts as missing.
-fn bearer(value: &[u8]) -> Credential<'_> {
+fn bearer(value: &[u8]) -> Result<&[u8], Outcome> {
     let value = trim_ows(value);
     const SCHEME: &[u8] = b"bearer";
     if value.len() < SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
-        return Credential::Missing;
+        return Err(Outcome::Missing);
     }
     let rest = &value[SCHEME.len()..];
     if rest.is_empty() {
-        return Credential::Invalid;
+        return Err(Outcome::Invalid);
     }
     if rest[0] != b' ' {
         // e.g. "Bearerx": a different scheme name.
-        return Credential::Missing;
+        return Err(Outcome::Missing);
     }
-    let token = trim_ows(rest);
-    if token.is_empty() {
-        Credential::Invalid
-    } else {
-        Credential::Token(token)
-    }
+    non_empty(trim_ows(rest))
 }
 
 /// Strips optional whitespace (SP / HTAB, RFC 9110 §5.6.3) from both ends.

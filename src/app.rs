@@ -1,0 +1,342 @@
+//! The application: the one entry point of a request ([`App::handle`]) —
+//! head limits, route match, guard, response — and around it the timing,
+//! the metrics and the access log.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderName, Method, Request, Response};
+
+use crate::guard::{Guard, Outcome};
+use crate::head::{self, HeadProblem};
+use crate::keys::KeySet;
+use crate::lifecycle::{Lifecycle, Phase};
+use crate::metrics::{DroppedSource, Metrics};
+use crate::responses::{self, Body, Realm, Responses};
+use crate::routes::{
+    Access, Compiled, Handler, Match, ROUTES, Route, RouteIndex, Router, RouterOptions,
+};
+use crate::throttle::ThrottleConfig;
+
+/// Settings of the application that are not keys.
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    /// The header that carries the token (default `x-token`).
+    pub token_header: HeaderName,
+    /// The realm in `WWW-Authenticate` (default `tokengate`).
+    pub realm: Realm,
+    /// Most bytes of header fields (name + value + 4 each) in a request (431 past it).
+    pub max_header_bytes: usize,
+    /// The failed-credential limit; `None` disables throttling.
+    pub throttle: Option<ThrottleConfig>,
+    /// Serve `/metrics` without a key.
+    pub metrics_public: bool,
+    /// Emit one `tokengate::access` event per request.
+    pub access_log: bool,
+    /// Record metrics and serve `/metrics` (`--metrics off` turns both off).
+    pub metrics: bool,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            token_header: HeaderName::from_static("x-token"),
+            realm: Realm::default(),
+            max_header_bytes: head::DEFAULT_MAX_HEADER_BYTES,
+            throttle: Some(ThrottleConfig::default()),
+            metrics_public: false,
+            access_log: false,
+            metrics: true,
+        }
+    }
+}
+
+/// A request's answer, and what the metrics and the access log need of it.
+#[derive(Debug)]
+pub struct Answer {
+    /// The response.
+    pub response: Response<Body>,
+    /// The route it matched (the table's length for none).
+    pub route: RouteIndex,
+    /// The guard's decision; `None` when no credential was checked.
+    pub auth: Option<Outcome>,
+}
+
+/// The application: route table, guard and prebuilt responses.
+pub struct App {
+    router: Router,
+    guard: Guard,
+    responses: Responses,
+    metrics: Metrics,
+    lifecycle: Arc<Lifecycle>,
+    max_header_bytes: usize,
+    /// The route index that stands for "no route".
+    other: RouteIndex,
+    access_log: bool,
+    /// Metrics are recorded (`--metrics on`).
+    metrics_on: bool,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("router", &self.router)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// The application with tokengate's route table.
+    pub fn new(keys: KeySet, config: &AppConfig) -> Self {
+        Self::build(ROUTES, keys, config, None)
+    }
+
+    /// The application with any route `table`; `access_log_dropped` reads the
+    /// access-log writer's dropped lines at scrape time. Every response is
+    /// serialised here, once.
+    pub fn build(
+        table: &[Route],
+        keys: KeySet,
+        config: &AppConfig,
+        access_log_dropped: Option<DroppedSource>,
+    ) -> Self {
+        let labels = Router::labels(table);
+        let metrics = Metrics::new(&labels, access_log_dropped);
+        App {
+            router: Router::new(
+                table,
+                RouterOptions {
+                    metrics_public: config.metrics_public,
+                    metrics_off: !config.metrics,
+                },
+            ),
+            guard: Guard::new(keys, config.token_header.clone(), config.throttle, &metrics),
+            responses: Responses::new(&config.realm),
+            metrics,
+            lifecycle: Arc::default(),
+            max_header_bytes: config.max_header_bytes,
+            other: RouteIndex(table.len()),
+            access_log: config.access_log,
+            metrics_on: config.metrics,
+        }
+    }
+
+    /// Replaces the accepted keys atomically: a request in flight finishes
+    /// with the set it started with.
+    pub fn replace_keys(&self, keys: KeySet) {
+        self.guard.replace_keys(keys, &self.metrics);
+    }
+
+    /// The labels of the keys in use.
+    pub fn key_labels(&self) -> Vec<Arc<str>> {
+        self.guard.labels()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The server's phase (`/readyz` reads it; the server advances it).
+    pub fn lifecycle(&self) -> Arc<Lifecycle> {
+        self.lifecycle.clone()
+    }
+
+    /// `--max-header-bytes`.
+    pub fn max_header_bytes(&self) -> usize {
+        self.max_header_bytes
+    }
+
+    /// Answers a request from `peer`, and records it (metrics, access log).
+    /// The body is never read: no route takes one.
+    #[inline]
+    pub fn handle<B>(&self, req: &Request<B>, peer: IpAddr) -> Response<Body> {
+        if !self.metrics_on && !self.access_log {
+            return self.answer(req, peer).response;
+        }
+        let start = Instant::now();
+        let answer = self.answer(req, peer);
+        let elapsed = start.elapsed();
+        if self.metrics_on {
+            self.metrics
+                .record(answer.route, answer.response.status(), elapsed);
+        }
+        if self.access_log {
+            self.log_access(req, peer, &answer, elapsed);
+        }
+        answer.response
+    }
+
+    /// Answers a request, without recording it.
+    #[inline]
+    pub fn answer<B>(&self, req: &Request<B>, peer: IpAddr) -> Answer {
+        let head = req.method() == Method::HEAD;
+        if let Err(problem) = head::check(req, self.max_header_bytes) {
+            return self.unrouted(self.rejection(problem, head));
+        }
+        let route = match self.router.find(req) {
+            Match::Route(route) => route,
+            Match::Redirect(location) => return self.unrouted(responses::redirect(location)),
+            Match::NotFound => return self.unrouted(self.responses.not_found.respond(head)),
+        };
+        let index = route.index;
+        if !route.route.methods.contains(req.method()) {
+            let response = if req.method() == Method::OPTIONS {
+                route.options.respond(false)
+            } else {
+                route.method_not_allowed.respond(head)
+            };
+            return Answer {
+                response,
+                route: index,
+                auth: None,
+            };
+        }
+        let auth = match route.access {
+            Access::Public => None,
+            Access::Protected => {
+                let metrics = self.metrics_on.then_some(&self.metrics);
+                let outcome = self.guard.check(req.headers(), peer, metrics);
+                let denied = match outcome {
+                    Outcome::Valid(_) => None,
+                    Outcome::Missing => Some(self.responses.unauthorized_missing.respond(head)),
+                    Outcome::Invalid => Some(self.responses.unauthorized_invalid.respond(head)),
+                    Outcome::Throttled(wait) => Some(self.responses.too_many(wait, head)),
+                };
+                if let Some(response) = denied {
+                    return Answer {
+                        response,
+                        route: index,
+                        auth: Some(outcome),
+                    };
+                }
+                Some(outcome)
+            }
+        };
+        Answer {
+            response: self.success(route, head),
+            route: index,
+            auth,
+        }
+    }
+
+    #[inline]
+    fn unrouted(&self, response: Response<Body>) -> Answer {
+        Answer {
+            response,
+            route: self.other,
+            auth: None,
+        }
+    }
+
+    #[inline]
+    fn success(&self, route: &Compiled, head: bool) -> Response<Body> {
+        match route.route.handler {
+            Handler::Message(_) | Handler::Health => route.ok.respond(head),
+            Handler::Ready if self.lifecycle.phase() != Phase::Serving => {
+                self.responses.draining.respond(head)
+            }
+            Handler::Ready => route.ok.respond(head),
+            Handler::Metrics => responses::metrics(&route.ok, self.metrics.render(), head),
+        }
+    }
+
+    #[cold]
+    fn rejection(&self, problem: HeadProblem, head: bool) -> Response<Body> {
+        match problem {
+            HeadProblem::UriTooLong => self.responses.uri_too_long.respond(head),
+            HeadProblem::HeaderFieldsTooLarge => {
+                self.responses.header_fields_too_large.respond(head)
+            }
+            HeadProblem::BadRequest => self.responses.bad_request.respond(head),
+            HeadProblem::Connect => self.responses.connect_not_allowed.respond(head),
+        }
+    }
+
+    /// One access-log event: never a header value, a token or a query string.
+    #[cold]
+    fn log_access<B>(&self, req: &Request<B>, peer: IpAddr, answer: &Answer, elapsed: Duration) {
+        let key = match answer.auth {
+            Some(Outcome::Valid(id)) => self.guard.label(id),
+            _ => Arc::from("-"),
+        };
+        let bytes = http_body::Body::size_hint(answer.response.body())
+            .exact()
+            .unwrap_or(0);
+        tracing::info!(
+            target: "tokengate::access",
+            peer = %peer,
+            method = %req.method(),
+            path = %req.uri().path(),
+            protocol = ?req.version(),
+            status = answer.response.status().as_u16(),
+            bytes,
+            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            key = %key,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::routes::GET_HEAD;
+    use http::StatusCode;
+    use std::net::Ipv4Addr;
+
+    const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn get(path: &str) -> Request<()> {
+        Request::get(path).header("host", "t").body(()).unwrap()
+    }
+
+    /// A route added to a table gets its own metric series, and the routes
+    /// after it keep theirs.
+    #[test]
+    fn a_new_route_gets_its_own_label_series() {
+        let mut table = ROUTES.to_vec();
+        table.insert(
+            1,
+            Route {
+                path: "/reports",
+                methods: GET_HEAD,
+                access: Access::Public,
+                handler: Handler::Message("reports"),
+                label: "reports",
+            },
+        );
+        let app = App::build(&table, KeySet::new(), &AppConfig::default(), None);
+        assert_eq!(app.handle(&get("/reports"), LOCAL).status(), StatusCode::OK);
+        assert_eq!(app.handle(&get("/reports"), LOCAL).status(), StatusCode::OK);
+        assert_eq!(app.handle(&get("/healthz"), LOCAL).status(), StatusCode::OK);
+        assert_eq!(
+            app.handle(&get("/nope"), LOCAL).status(),
+            StatusCode::NOT_FOUND
+        );
+        let text = app.metrics().render();
+        for needle in [
+            r#"tokengate_requests_total{route="reports",status="200"} 2"#,
+            r#"tokengate_requests_total{route="healthz",status="200"} 1"#,
+            r#"tokengate_requests_total{route="other",status="404"} 1"#,
+            r#"tokengate_requests_total{route="public",status="200"} 0"#,
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn connect_and_authority_form_are_refused() {
+        let app = App::new(KeySet::new(), &AppConfig::default());
+        let connect = Request::connect("host:443")
+            .header("host", "host:443")
+            .body(())
+            .unwrap();
+        let r = app.handle(&connect, LOCAL);
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()["allow"], "GET, HEAD, OPTIONS");
+        let r = app.handle(&get("public"), LOCAL);
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+}

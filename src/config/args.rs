@@ -1,0 +1,172 @@
+//! The command line: every flag, its environment variable and its default
+//! (clap). [`super::Config::from_args`] turns these raw values into a
+//! validated configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// tokengate: a low-overhead, token-protected HTTP server.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "tokengate", version, about, long_about = None)]
+pub struct Args {
+    /// A subcommand; without one, the server runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Address to listen on (IPv4 or IPv6; port 0 picks a free port).
+    #[arg(
+        long,
+        env = "TOKENGATE_LISTEN",
+        default_value = "127.0.0.1:8000",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+
+    /// Key file: one key per line, `TOKEN` or `sha256:<64 hex>`, optionally
+    /// followed by whitespace and a label; `#` comments and blank lines ignored.
+    #[arg(long, env = "TOKENGATE_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// Header that carries the token (`Authorization: Bearer` is also accepted).
+    #[arg(
+        long,
+        env = "TOKENGATE_TOKEN_HEADER",
+        default_value = "X-Token",
+        value_name = "NAME"
+    )]
+    pub token_header: String,
+
+    /// Realm named in the `WWW-Authenticate` challenge of a 401.
+    #[arg(
+        long,
+        env = "TOKENGATE_REALM",
+        default_value = "tokengate",
+        value_name = "REALM"
+    )]
+    pub realm: String,
+
+    /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
+    #[arg(long, env = "TOKENGATE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_timeout: Duration,
+
+    /// Most connections served at once; past it, new ones wait in the kernel backlog.
+    #[arg(long, env = "TOKENGATE_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N")]
+    pub max_connections: u32,
+
+    /// Time allowed from accept (or the first byte of a request) to a complete request head.
+    #[arg(long, env = "TOKENGATE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub header_read_timeout: Duration,
+
+    /// An idle keep-alive connection (no request in progress) is closed after this long.
+    #[arg(long, env = "TOKENGATE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+
+    /// Most bytes of request header fields (name + value + 4 each); 431 past it.
+    #[arg(long, env = "TOKENGATE_MAX_HEADER_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024), value_name = "BYTES")]
+    pub max_header_bytes: u32,
+
+    /// Failed credential checks allowed per client address: `N/s`, `N/m`, `N/h`, or `off`.
+    #[arg(
+        long,
+        env = "TOKENGATE_AUTH_FAILURE_LIMIT",
+        default_value = "10/s",
+        value_name = "RATE"
+    )]
+    pub auth_failure_limit: String,
+
+    /// Failed credential checks allowed in a burst before the rate applies.
+    #[arg(long, env = "TOKENGATE_AUTH_FAILURE_BURST", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N")]
+    pub auth_failure_burst: u32,
+
+    /// After SIGINT/SIGTERM, keep accepting this long while /readyz answers 503.
+    #[arg(long, env = "TOKENGATE_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration_or_zero, value_name = "DURATION")]
+    pub shutdown_delay: Duration,
+
+    /// Serve /metrics without a key.
+    #[arg(long, env = "TOKENGATE_METRICS_PUBLIC")]
+    pub metrics_public: bool,
+
+    /// Record metrics and serve /metrics: on or off.
+    #[arg(long, env = "TOKENGATE_METRICS", value_enum, default_value_t = Switch::On)]
+    pub metrics: Switch,
+
+    /// Write one access-log line per request to stdout.
+    #[arg(long, env = "TOKENGATE_ACCESS_LOG")]
+    pub access_log: bool,
+
+    /// Format of every log line: text or json.
+    #[arg(long, env = "TOKENGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Reload the token file when it changes (also on SIGHUP, always).
+    #[arg(long, env = "TOKENGATE_WATCH_TOKEN_FILE")]
+    pub watch_token_file: bool,
+
+    /// Bind with SO_REUSEPORT, so a new process can take the port before the old one drains.
+    #[arg(long, env = "TOKENGATE_REUSE_PORT")]
+    pub reuse_port: bool,
+
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key); reloaded on SIGHUP.
+    #[arg(
+        long,
+        env = "TOKENGATE_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key for --tls-cert.
+    #[arg(
+        long,
+        env = "TOKENGATE_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Like [`parse_duration`], but zero is allowed.
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (write durations like 10s, 500ms or 2m)"))
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Read a token on stdin and print its `sha256:` key-file line.
+    HashToken,
+}
+
+/// Parses `10s`, `500ms`, `2m`, … (humantime); zero is refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration_or_zero(s)?;
+    if d.is_zero() {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(d)
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// An `on|off` flag value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}

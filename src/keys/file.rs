@@ -1,0 +1,261 @@
+//! The key-file format and where keys come from.
+//!
+//! A key file holds one key per line: `TOKEN` or `sha256:<64 hex>`, optionally
+//! followed by whitespace and a label; `#` comments and blank lines are
+//! ignored. [`KeySources`] loads the environment key and the file into a
+//! validated [`KeySet`], at start-up and on every reload. Secrets never appear
+//! in an error message.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use zeroize::{Zeroize, Zeroizing};
+
+use super::{Digest, InsertError, Key, KeySet, KeySource};
+
+/// The token used when no key source is configured.
+pub const DEMO_TOKEN: &str = "mysecrettoken";
+
+/// The environment variable that holds one token.
+pub const TOKEN_ENV: &str = "TOKENGATE_TOKEN";
+
+/// Why the keys cannot be loaded (exit 2 at start-up; the old keys stay on reload).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// `TOKENGATE_TOKEN` set but unusable.
+    #[error("{TOKEN_ENV}: {0}")]
+    EnvToken(TokenProblem),
+    /// The key file could not be read.
+    #[error("--token-file {path}: cannot read the file: {source}")]
+    FileRead {
+        /// The path as given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A line of the key file is wrong.
+    #[error("--token-file {path}, line {line}: {problem}")]
+    FileLine {
+        /// The path as given.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong (never the secret itself).
+        problem: LineProblem,
+    },
+    /// The key file holds no key.
+    #[error("--token-file {0}: the file holds no key (only comments or blank lines)")]
+    FileEmpty(String),
+}
+
+/// What is wrong with a token (the token itself is never shown).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenProblem {
+    /// Empty, or only whitespace.
+    #[error("the token is empty")]
+    Empty,
+    /// Not valid UTF-8.
+    #[error("the token is not valid UTF-8")]
+    NotUtf8,
+    /// A byte outside visible ASCII.
+    #[error(
+        "the token has a space, control or non-ASCII character at position {0}; tokens are visible ASCII (0x21-0x7E)"
+    )]
+    BadChar(usize),
+    /// Too long to be sent in a header.
+    #[error("the token is longer than 4096 bytes")]
+    TooLong,
+}
+
+/// What is wrong with a key-file line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineProblem {
+    /// The token is unusable.
+    #[error("{0}")]
+    Token(TokenProblem),
+    /// `sha256:` not followed by 64 hex digits.
+    #[error("after 'sha256:' there must be exactly 64 hex digits")]
+    BadDigest,
+    /// The label is not a single word of `[A-Za-z0-9._:@/-]`.
+    #[error("the label must be one word of letters, digits and . _ : @ / - (at most 64)")]
+    BadLabel,
+    /// The same secret appears twice.
+    #[error("duplicate key: the same token as {0}")]
+    DuplicateKey(String),
+    /// The label appears twice.
+    #[error("duplicate label: already used by {0}")]
+    DuplicateLabel(String),
+}
+
+/// Checks that a token can be sent in a header and compared byte for byte.
+pub fn validate_token(token: &str) -> Result<(), TokenProblem> {
+    if token.trim().is_empty() {
+        return Err(TokenProblem::Empty);
+    }
+    if token.len() > 4096 {
+        return Err(TokenProblem::TooLong);
+    }
+    if let Some(pos) = token.bytes().position(|b| !(0x21..=0x7e).contains(&b)) {
+        return Err(TokenProblem::BadChar(pos + 1));
+    }
+    Ok(())
+}
+
+fn valid_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 64
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:@/-".contains(&b))
+}
+
+fn describe(source: &KeySource) -> String {
+    match source {
+        KeySource::Demo => "the demo key".to_owned(),
+        KeySource::Env => TOKEN_ENV.to_owned(),
+        KeySource::File { line, .. } => format!("line {line}"),
+    }
+}
+
+/// Parses a key file's text into `keys`. `path` is only used in messages.
+pub fn parse_key_file(text: &str, path: &str, keys: &mut KeySet) -> Result<(), KeyError> {
+    let before = keys.len();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let err = |problem| KeyError::FileLine {
+            path: path.to_owned(),
+            line,
+            problem,
+        };
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let mut words = trimmed.split_whitespace();
+        // `trimmed` is non-empty and has no leading whitespace: a first word exists.
+        let secret = words.next().unwrap_or_default();
+        let label = match (words.next(), words.next()) {
+            (None, _) => format!("key-{}", keys.len() + 1),
+            (Some(label), None) if valid_label(label) => label.to_owned(),
+            _ => return Err(err(LineProblem::BadLabel)),
+        };
+        let digest = match secret.strip_prefix("sha256:") {
+            Some(hex_digits) => {
+                let mut bytes = [0u8; 32];
+                hex::decode_to_slice(hex_digits, &mut bytes)
+                    .map_err(|_| err(LineProblem::BadDigest))?;
+                Digest::from_bytes(bytes)
+            }
+            None => {
+                validate_token(secret).map_err(|p| err(LineProblem::Token(p)))?;
+                Digest::of(secret.as_bytes())
+            }
+        };
+        let source = KeySource::File {
+            path: path.to_owned(),
+            line,
+        };
+        keys.insert(Key::new(digest, label, source))
+            .map_err(|e| match e {
+                InsertError::DuplicateKey(other) => {
+                    err(LineProblem::DuplicateKey(describe(&other)))
+                }
+                InsertError::DuplicateLabel(other) => {
+                    err(LineProblem::DuplicateLabel(describe(&other)))
+                }
+            })?;
+    }
+    if keys.len() == before {
+        return Err(KeyError::FileEmpty(path.to_owned()));
+    }
+    Ok(())
+}
+
+/// Where the keys come from: the `TOKENGATE_TOKEN` key (hashed once at
+/// start-up; the environment cannot change later) and the key file, which is
+/// read again on every reload.
+#[derive(Debug, Clone, Default)]
+pub struct KeySources {
+    /// The key from `TOKENGATE_TOKEN`, if set.
+    pub env_key: Option<Key>,
+    /// `--token-file`, if set.
+    pub token_file: Option<PathBuf>,
+}
+
+impl KeySources {
+    /// Builds and validates the key set; `true` when the demo key is used.
+    pub fn load(&self) -> Result<(KeySet, bool), KeyError> {
+        let mut keys = KeySet::new();
+        if let Some(key) = &self.env_key {
+            // The set is empty: the first insert cannot collide.
+            keys.insert(key.clone())
+                .expect("the first key of an empty set is unique");
+        }
+        if let Some(path) = &self.token_file {
+            let shown = path.display().to_string();
+            let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+                KeyError::FileRead {
+                    path: shown.clone(),
+                    source,
+                }
+            })?);
+            parse_key_file(&text, &shown, &mut keys)?;
+        }
+        let demo = keys.is_empty();
+        if demo {
+            let key = Key::new(Digest::of(DEMO_TOKEN.as_bytes()), "demo", KeySource::Demo);
+            keys.insert(key)
+                .expect("the first key of an empty set is unique");
+        }
+        Ok((keys, demo))
+    }
+}
+
+/// Wipes a rejected (non-UTF-8) token before its memory is freed.
+fn zeroize_os(raw: OsString) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStringExt;
+        raw.into_vec().zeroize();
+    }
+    #[cfg(not(unix))]
+    drop(raw);
+}
+
+/// `tokengate hash-token`: the `sha256:` key-file line for a token read from stdin.
+/// One trailing newline (`\n` or `\r\n`) is not part of the token.
+pub fn hash_token_line(input: &[u8]) -> Result<String, TokenProblem> {
+    let input = input
+        .strip_suffix(b"\n")
+        .map(|s| s.strip_suffix(b"\r").unwrap_or(s))
+        .unwrap_or(input);
+    let token = std::str::from_utf8(input).map_err(|_| TokenProblem::NotUtf8)?;
+    validate_token(token)?;
+    Ok(format!("sha256:{}", Digest::of(token.as_bytes()).to_hex()))
+}
+
+impl KeySources {
+    /// The sources of a run: `TOKENGATE_TOKEN`'s value (hashed now, then
+    /// wiped) and the key file's path.
+    pub fn new(env_token: Option<OsString>, token_file: Option<PathBuf>) -> Result<Self, KeyError> {
+        let env_key = match env_token {
+            None => None,
+            Some(raw) => {
+                let token = Zeroizing::new(raw.into_string().map_err(|raw| {
+                    zeroize_os(raw);
+                    KeyError::EnvToken(TokenProblem::NotUtf8)
+                })?);
+                validate_token(&token).map_err(KeyError::EnvToken)?;
+                Some(Key::new(
+                    Digest::of(token.as_bytes()),
+                    "env",
+                    KeySource::Env,
+                ))
+            }
+        };
+        Ok(KeySources {
+            env_key,
+            token_file,
+        })
+    }
+}

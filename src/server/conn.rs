@@ -1,0 +1,290 @@
+//! One connection: hyper-util's auto builder (HTTP/1.1 and h2c on one port,
+//! or ALPN `h2`/`http/1.1` after a TLS handshake) driving a `service_fn` that
+//! calls [`App::handle`], under the watchdog's commands.
+//!
+//! Cleartext and TLS connections are different tasks, so a cleartext task
+//! carries no TLS state (rustls keeps several KiB inline); both share one
+//! [`Context`] and one [`Connection::serve`].
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
+use std::time::Instant;
+
+use http::{Request, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinSet;
+use tracing::debug;
+
+use super::io::ReadCounter;
+use super::watchdog::{Activity, Command, ConnectionTable, Entry, bump};
+use crate::app::App;
+use crate::head;
+use crate::metrics::Protocol;
+use crate::tls::Tls;
+
+/// Concurrent HTTP/2 streams per connection; more are refused (`REFUSED_STREAM`).
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Streams a client may reset before the server accepts them (rapid reset,
+/// CVE-2023-44487); past it the connection gets GOAWAY (`ENHANCE_YOUR_CALM`).
+pub const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams the server may reset for protocol errors before it sends GOAWAY.
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+
+/// hyper's own limit on a request head, above the application's so that the
+/// application answers with its JSON 431/414 first. A head past this gets
+/// hyper's bare 431 (HTTP/1) or a stream reset (HTTP/2), and memory stays bounded.
+pub fn hard_head_limit(max_header_bytes: usize) -> usize {
+    2 * (max_header_bytes + head::MAX_TARGET_BYTES) + 8192
+}
+
+/// What every connection of one server shares (one `Arc` per connection).
+pub(super) struct Context {
+    pub(super) app: Arc<App>,
+    pub(super) builder: auto::Builder<TokioExecutor>,
+    pub(super) table: Arc<ConnectionTable>,
+    pub(super) tls: Option<Arc<Tls>>,
+}
+
+impl Context {
+    pub(super) fn new(app: Arc<App>, table: Arc<ConnectionTable>, tls: Option<Arc<Tls>>) -> Self {
+        Context {
+            builder: builder(app.max_header_bytes()),
+            app,
+            table,
+            tls,
+        }
+    }
+}
+
+/// The auto builder, configured once.
+fn builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
+    let hard = hard_head_limit(max_header_bytes);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // hyper defaults to a 30 s header timeout once a timer is set; it would
+        // arm (and box) a timer per request and also run while idle. The
+        // watchdog enforces --header-read-timeout instead.
+        .header_read_timeout(None)
+        .max_buf_size(hard)
+        // 100 is hyper's default: its header arrays then live on the stack.
+        // Any larger value moves them to the heap (two allocations per
+        // request), so HTTP/1 heads with more fields get hyper's bare 431.
+        .max_headers(head::MAX_HEADER_FIELDS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(hard).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS);
+    builder
+}
+
+/// One accepted connection, before its task starts.
+pub(super) struct Connection {
+    pub(super) context: Arc<Context>,
+    pub(super) peer: SocketAddr,
+    /// When it was accepted: every deadline of the first request (TLS
+    /// handshake and protocol detection included) runs from here.
+    pub(super) accepted: Instant,
+    /// A connection slot, released when the task ends (`None` for connections
+    /// served from the backlog during the drain).
+    pub(super) permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Connection {
+    /// Spawns the connection's task.
+    pub(super) fn spawn(self, tasks: &mut JoinSet<()>, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        if self.context.tls.is_some() {
+            tasks.spawn(self.serve_tls(stream));
+        } else {
+            tasks.spawn(self.serve_cleartext(stream));
+        }
+    }
+
+    fn track(&self) -> (Arc<Activity>, Entry) {
+        let activity = Arc::new(Activity::default());
+        let entry = self.context.table.add(activity.clone(), self.accepted);
+        (activity, entry)
+    }
+
+    pub(super) async fn serve_cleartext(self, stream: TcpStream) {
+        let (activity, entry) = self.track();
+        self.serve(stream, activity, entry).await;
+    }
+
+    /// The TLS handshake is watched like a request head: it counts against
+    /// `--header-read-timeout` from accept, and the drain can abort it.
+    async fn serve_tls(self, stream: TcpStream) {
+        let Some(tls) = self.context.tls.clone() else {
+            return;
+        };
+        let (activity, entry) = self.track();
+        let handshake = until_aborted(&activity, tls.acceptor().accept(stream)).await;
+        match handshake {
+            Some(Ok(stream)) => {
+                self.context.app.metrics().accepted(Protocol::Tls);
+                self.serve(stream, activity, entry).await;
+            }
+            Some(Err(e)) => debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
+            None => {
+                debug!(peer = %self.peer, "TLS handshake not complete within the header read timeout")
+            }
+        }
+    }
+
+    /// Serves HTTP on the connection until it ends or the watchdog aborts it.
+    async fn serve<I>(self, stream: I, activity: Arc<Activity>, _entry: Entry)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let _permit = self.permit;
+        let app = self.context.app.clone();
+        let _open = OpenConnection::new(app.clone());
+        let io = ReadCounter::new(stream, activity.clone());
+        let seen = activity.clone();
+        let peer_ip = self.peer.ip();
+        let service = service_fn(move |req: Request<Incoming>| {
+            if seen.requests.load(Relaxed) == 0 {
+                let protocol = if req.version() == Version::HTTP_2 {
+                    seen.h2.store(true, Relaxed);
+                    Protocol::H2
+                } else {
+                    Protocol::H1
+                };
+                app.metrics().accepted(protocol);
+            }
+            bump(&seen.requests);
+            // The request (and its body, unread) is dropped here: hyper then
+            // closes an HTTP/1 connection whose body was not consumed.
+            std::future::ready(Ok::<_, Infallible>(app.handle(&req, peer_ip)))
+        });
+        let conn = self
+            .context
+            .builder
+            .serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+
+        let mut graceful = false;
+        let result = std::future::poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Some(result));
+                }
+                activity.waker.register(cx.waker());
+                match activity.pending_command() {
+                    Command::Abort => return Poll::Ready(None),
+                    // hyper-util cancels a connection still detecting its
+                    // protocol when told to shut down, which would drop a first
+                    // request still on its way (a connection accepted just as
+                    // the drain began). Wait for it: during a drain the
+                    // watchdog aborts a connection that has sent no complete
+                    // request within DRAIN_FIRST_REQUEST_GRACE.
+                    Command::Graceful if !graceful && activity.requests.load(Relaxed) == 0 => {
+                        return Poll::Pending;
+                    }
+                    Command::Graceful if !graceful => {
+                        graceful = true;
+                        // Must be polled again to take effect.
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ => return Poll::Pending,
+                }
+            }
+        })
+        .await;
+        match result {
+            Some(Err(e)) => debug!(peer = %self.peer, error = %e, "connection ended with an error"),
+            Some(Ok(())) => {}
+            None => {
+                debug!(peer = %self.peer, "connection dropped by the watchdog (header or idle timeout)")
+            }
+        }
+    }
+}
+
+/// Runs `fut` until it completes (`Some`) or the watchdog aborts the
+/// connection (`None`).
+async fn until_aborted<F: Future>(activity: &Activity, fut: F) -> Option<F::Output> {
+    tokio::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        activity.waker.register(cx.waker());
+        if activity.pending_command() == Command::Abort {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Keeps the open-connections gauge: up while the connection task lives.
+struct OpenConnection(Arc<App>);
+
+impl OpenConnection {
+    fn new(app: Arc<App>) -> Self {
+        app.metrics().connection_opened();
+        OpenConnection(app)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.metrics().connection_closed();
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// Every idle connection costs its task's future: keep tokengate's close
+    /// to a bare hyper-util connection (sizes are fixed at compile time).
+    #[tokio::test]
+    async fn connection_task_is_close_to_a_bare_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (server, peer) = listener.accept().await.expect("accept");
+        let app = Arc::new(App::new(crate::KeySet::new(), &crate::AppConfig::default()));
+        let table = Arc::new(ConnectionTable::new(
+            super::super::Limits::default(),
+            app.lifecycle(),
+        ));
+        let conn = Connection {
+            context: Arc::new(Context::new(app, table, None)),
+            peer,
+            accepted: Instant::now(),
+            permit: None,
+        };
+        let ours = std::mem::size_of_val(&conn.serve_cleartext(server));
+        let bare = auto::Builder::new(TokioExecutor::new());
+        let svc = service_fn(|_r: Request<Incoming>| async {
+            Ok::<_, Infallible>(http::Response::new(crate::responses::Body::new(
+                bytes::Bytes::new(),
+            )))
+        });
+        let bare = std::mem::size_of_val(&bare.serve_connection(TokioIo::new(client), svc));
+        eprintln!("connection task: {ours} bytes; bare hyper-util connection: {bare} bytes");
+        assert!(
+            ours <= bare + 640,
+            "connection task grew to {ours} bytes (bare: {bare})"
+        );
+    }
+}
