@@ -16,6 +16,7 @@ mod hostile;
 mod lifecycle;
 mod ops;
 mod raw;
+mod ready;
 mod secrets;
 mod throttle;
 mod tls;

@@ -148,3 +148,32 @@ async fn host_header_rules() {
         "{old}"
     );
 }
+
+/// `CONNECT` gets 405 with `allow`, and the connection goes on serving.
+#[tokio::test]
+async fn connect_gets_405_and_the_connection_does_not_hang() {
+    let server = TestServer::start().await;
+    let got = raw(
+        server.addr,
+        b"CONNECT host:443 HTTP/1.1\r\nHost: host:443\r\n\r\nGET /public HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&got), [405, 200], "{got}");
+    assert!(
+        got.to_ascii_lowercase()
+            .contains("allow: get, head, options"),
+        "{got}"
+    );
+}
+
+/// RFC 9112 §3.2: a target without its leading `/` (authority-form outside
+/// CONNECT) or `*` outside OPTIONS is a 400.
+#[tokio::test]
+async fn targets_that_are_not_origin_form_are_400() {
+    let server = TestServer::start().await;
+    for target in ["public", "*"] {
+        let got = raw(server.addr, req(target, "").as_bytes()).await;
+        assert_eq!(statuses(&got), [400], "{target}: {got}");
+        assert!(got.ends_with(r#"{"detail":"Bad Request"}"#), "{got}");
+    }
+}

@@ -195,6 +195,8 @@ pub struct Spawned {
     pub child: Child,
     pub addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// The task that copies stderr into `log`; it ends at the child's exit.
+    reader: Option<JoinHandle<()>>,
 }
 
 pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
@@ -234,7 +236,7 @@ impl Spawned {
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sink = log.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut tx = Some(tx);
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -252,7 +254,12 @@ impl Spawned {
             .await
             .expect("the server logs its address")
             .expect("the server starts");
-        Spawned { child, addr, log }
+        Spawned {
+            child,
+            addr,
+            log,
+            reader: Some(reader),
+        }
     }
 
     pub fn signal(&self, sig: &str) {
@@ -271,8 +278,22 @@ impl Spawned {
             .unwrap()
     }
 
+    /// The log so far (the process may still be writing).
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The whole log: waits for the process to exit and for its stderr to be
+    /// read to the end.
+    pub async fn log_after_exit(&mut self) -> String {
+        self.wait().await;
+        if let Some(reader) = self.reader.take() {
+            tokio::time::timeout(Duration::from_secs(30), reader)
+                .await
+                .expect("stderr reaches EOF after exit")
+                .unwrap();
+        }
+        self.log()
     }
 }
 
@@ -368,5 +389,59 @@ pub async fn wait_for_address(
         if let Some(addr) = listening_addr(&line) {
             return (addr, lines);
         }
+    }
+}
+
+/// A temporary directory, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// A fresh, empty directory named after the test and this process.
+    pub fn new(name: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("tokengate-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A raw HTTP/1.1 request: `METHOD target`, `Host: t`, an optional
+/// `X-Token`, any `extra` header lines (each ending in CRLF), and
+/// `Connection: close`.
+pub fn request(method: &str, target: &str, token: Option<&str>, extra: &str) -> Vec<u8> {
+    let token = token
+        .map(|t| format!("X-Token: {t}\r\n"))
+        .unwrap_or_default();
+    format!("{method} {target} HTTP/1.1\r\nHost: t\r\n{token}{extra}Connection: close\r\n\r\n")
+        .into_bytes()
+}
+
+/// Polls `condition` until it holds or `cap` passes; whether it held.
+/// Waiting for the event itself, never for a guessed time.
+pub async fn wait_until<F, Fut>(cap: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + cap;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
-use crate::support::{KEY, Spawned, closed_within, keys};
+use crate::support::{KEY, Spawned, TempDir, closed_within, keys};
 
 struct Cert {
     der: CertificateDer<'static>,
@@ -250,4 +250,56 @@ async fn bad_tls_configuration_exits_2() {
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains(needle), "{needle}: {err}");
     }
+}
+
+/// `--header-read-timeout` runs from accept, the TLS handshake included: a
+/// client that spends most of the limit before its handshake and then drips
+/// its head is closed within the documented precision (1.25×) of accept,
+/// not a whole limit after its handshake.
+#[tokio::test]
+async fn tls_handshake_counts_against_the_head_timeout() {
+    const LIMIT: Duration = Duration::from_secs(2);
+    let dir = TempDir::new("tls-clock");
+    let cert = make_cert(&dir.0, "a");
+    let limits = Limits {
+        header_read_timeout: LIMIT,
+        ..Limits::default()
+    };
+    let (addr, _stop) = in_process(&cert, limits).await;
+    let connected = std::time::Instant::now();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    // The hostile client: silent for most of the limit, then a handshake…
+    tokio::time::sleep(LIMIT * 3 / 4).await;
+    let c = connector(&[&cert.der], &[b"http/1.1"]);
+    let Ok(mut tls) = c
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+    else {
+        // Closed during the handshake: the clock ran from accept.
+        let elapsed = connected.elapsed();
+        assert!(elapsed >= LIMIT * 3 / 4, "{elapsed:?}");
+        return;
+    };
+    // …then a head dripped a byte at a time, never completed.
+    let closed = tokio::time::timeout(LIMIT * 5, async {
+        tls.write_all(b"GET /public HTTP/1.1\r\n").await.ok()?;
+        loop {
+            tls.write_all(b"X").await.ok()?;
+            tls.flush().await.ok()?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        #[allow(unreachable_code)]
+        Some(())
+    })
+    .await;
+    let elapsed = connected.elapsed();
+    assert!(closed.is_ok(), "never closed");
+    // From accept: at the limit at the earliest, 1.25× it at the latest, plus
+    // 0.5 s for a busy machine. Timed from the handshake it would be
+    // 0.75 + 1 to 1.25 limits: at least 3.5 s.
+    assert!(elapsed >= LIMIT, "closed too early: {elapsed:?}");
+    assert!(
+        elapsed < LIMIT * 5 / 4 + Duration::from_millis(500),
+        "closed {elapsed:?} after connect: the handshake restarted the head clock"
+    );
 }
