@@ -221,7 +221,7 @@ impl Server {
             open_connections = connections.len(),
             "shutting down: stopped accepting, draining connections"
         );
-        table.drain();
+        table.drain(Instant::now());
         let drained = tokio::select! {
             drained = tokio::time::timeout(limits.shutdown_timeout, async {
                 while connections.join_next().await.is_some() {}

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
@@ -74,7 +74,8 @@ pub(crate) fn bump(counter: &AtomicU64) {
 }
 
 /// During a drain, how long a connection that has not completed a request
-/// yet may take to do so before it is closed.
+/// yet may take to do so before it is closed (from the later of its accept
+/// and the start of the drain).
 pub(crate) const DRAIN_FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// The live connections of one server, for the watchdog and the drain.
@@ -83,6 +84,8 @@ pub(crate) struct ConnectionTable {
     next_id: AtomicU64,
     limits: Limits,
     lifecycle: Arc<Lifecycle>,
+    /// When [`ConnectionTable::drain`] was called.
+    drain_started: OnceLock<Instant>,
 }
 
 struct Tracked {
@@ -100,6 +103,7 @@ impl ConnectionTable {
             next_id: AtomicU64::new(0),
             limits,
             lifecycle,
+            drain_started: OnceLock::new(),
         }
     }
 
@@ -138,17 +142,18 @@ impl ConnectionTable {
 
     /// One watchdog pass over every connection, at `now`.
     pub(crate) fn sweep(&self, now: Instant) {
-        let draining = self.lifecycle.phase() == Phase::Draining;
+        let drain_started = self.drain_started.get().copied();
         for tracked in self.lock().values_mut() {
             let a = &tracked.activity;
             if tracked.closing {
                 a.command(Command::Abort);
                 continue;
             }
-            if draining
-                && a.requests.load(Relaxed) == 0
-                && now.saturating_duration_since(tracked.accepted) >= DRAIN_FIRST_REQUEST_GRACE
-            {
+            let grace_over = drain_started.is_some_and(|started| {
+                now.saturating_duration_since(started.max(tracked.accepted))
+                    >= DRAIN_FIRST_REQUEST_GRACE
+            });
+            if grace_over && a.requests.load(Relaxed) == 0 {
                 a.command(Command::Abort);
                 continue;
             }
@@ -169,8 +174,9 @@ impl ConnectionTable {
         }
     }
 
-    /// Tells every connection to finish.
-    pub(crate) fn drain(&self) {
+    /// Tells every connection to finish, at `now`.
+    pub(crate) fn drain(&self, now: Instant) {
+        let _ = self.drain_started.set(now);
         for tracked in self.lock().values() {
             tracked.activity.command(Command::Graceful);
         }
@@ -264,11 +270,14 @@ mod tests {
         let _e2 = table.add(silent.clone(), t0);
         bump(&served.requests);
         lifecycle.advance(Phase::Draining);
-        table.drain();
+        // The drain starts 5 s after these connections were accepted: the
+        // grace runs from the drain.
+        let drain = t0 + Duration::from_secs(5);
+        table.drain(drain);
         assert_eq!(served.pending_command(), Command::Graceful);
-        table.sweep(t0 + DRAIN_FIRST_REQUEST_GRACE / 2);
+        table.sweep(drain + DRAIN_FIRST_REQUEST_GRACE / 2);
         assert_eq!(silent.pending_command(), Command::Graceful);
-        table.sweep(t0 + DRAIN_FIRST_REQUEST_GRACE);
+        table.sweep(drain + DRAIN_FIRST_REQUEST_GRACE);
         assert_eq!(silent.pending_command(), Command::Abort);
         assert_eq!(served.pending_command(), Command::Graceful);
         // Connections accepted from now on are told to finish at once.

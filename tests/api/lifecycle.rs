@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::support::{Spawned, command, raw, read_to_close, statuses};
+use crate::support::{Spawned, TempDir, command, raw, read_to_close, statuses, wait_until};
 
 #[tokio::test]
 async fn request_in_flight_at_sigterm_completes() {
@@ -26,9 +26,17 @@ async fn request_in_flight_at_sigterm_completes() {
     conn.write_all(b"GET /protected HTTP/1.1\r\nHost: t\r\nX-Token: mysecre")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     server.signal("-TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The drain has begun (a connection still on its first request gets a
+    // grace from here): complete the request.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            server.log().contains("draining connections")
+        })
+        .await,
+        "{}",
+        server.log()
+    );
     conn.write_all(b"ttoken\r\n\r\n").await.unwrap();
     let transcript = read_to_close(&mut conn).await;
     assert_eq!(statuses(&transcript), [200], "{transcript}");
@@ -85,8 +93,7 @@ async fn demo_key_warns_and_works() {
 
 #[tokio::test]
 async fn env_and_file_keys_log_labels_only() {
-    let dir = std::env::temp_dir().join(format!("tokengate-life-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("life-keys");
     let file = dir.join("keys");
     std::fs::write(
         &file,
@@ -188,8 +195,7 @@ async fn configuration_errors_exit_2_without_secrets() {
     assert_eq!(code, 2, "{err}");
     assert!(!err.contains("space-secret"), "{err}");
 
-    let dir = std::env::temp_dir().join(format!("tokengate-cfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("life-cfg");
     let file = dir.join("bad-keys");
     std::fs::write(&file, "good-secret-a\nbad-secret-b x y\n").unwrap();
     let (code, _, err) = run_to_exit(
@@ -246,8 +252,7 @@ async fn hash_token_subcommand() {
     assert!(out.is_empty() && err.contains("empty"), "{err}");
 
     // The printed line is accepted as a key file.
-    let dir = std::env::temp_dir().join(format!("tokengate-hash-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("life-hash");
     let file = dir.join("keys");
     std::fs::write(&file, format!("{} hashed-bot\n", want.trim())).unwrap();
     let server = Spawned::start(&["--token-file", file.to_str().unwrap()], &[]).await;

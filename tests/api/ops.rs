@@ -4,27 +4,17 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use http::StatusCode;
 use tokengate::{AppConfig, Limits};
 use tokio::io::AsyncBufReadExt;
 
-use crate::support::{BOTH, KEY, Spawned, TestServer, command, get, keys, raw, statuses};
-
-fn req(path: &str, token: Option<&str>) -> Vec<u8> {
-    let line = token
-        .map(|t| format!("X-Token: {t}\r\n"))
-        .unwrap_or_default();
-    format!("GET {path} HTTP/1.1\r\nHost: t\r\n{line}Connection: close\r\n\r\n").into_bytes()
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("tokengate-ops-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use crate::support::{
+    BOTH, KEY, Spawned, TempDir, TestServer, command, get, keys, raw, request, statuses, wait_until,
+};
 
 #[tokio::test]
 async fn health_and_readiness() {
@@ -45,13 +35,13 @@ async fn health_and_readiness() {
 async fn readiness_turns_503_during_the_shutdown_delay() {
     let mut server = Spawned::start(&["--shutdown-delay", "3s"], &[]).await;
     assert_eq!(
-        statuses(&raw(server.addr, &req("/readyz", None)).await),
+        statuses(&raw(server.addr, &request("GET", "/readyz", None, "")).await),
         [200]
     );
     server.signal("-TERM");
     let mut draining = String::new();
     for _ in 0..40 {
-        draining = raw(server.addr, &req("/readyz", None)).await;
+        draining = raw(server.addr, &request("GET", "/readyz", None, "")).await;
         if statuses(&draining) == [503] {
             break;
         }
@@ -61,11 +51,11 @@ async fn readiness_turns_503_during_the_shutdown_delay() {
     assert!(draining.ends_with(r#"{"status":"draining"}"#), "{draining}");
     // Still accepting and serving during the delay.
     assert_eq!(
-        statuses(&raw(server.addr, &req("/public", None)).await),
+        statuses(&raw(server.addr, &request("GET", "/public", None, "")).await),
         [200]
     );
     assert_eq!(
-        statuses(&raw(server.addr, &req("/healthz", None)).await),
+        statuses(&raw(server.addr, &request("GET", "/healthz", None, "")).await),
         [200]
     );
     assert!(server.wait().await.success());
@@ -75,14 +65,18 @@ async fn readiness_turns_503_during_the_shutdown_delay() {
 async fn metrics_are_protected_and_count_requests() {
     let server = TestServer::start().await;
     for _ in 0..3 {
-        raw(server.addr, &req("/public", None)).await;
+        raw(server.addr, &request("GET", "/public", None, "")).await;
     }
-    raw(server.addr, &req("/protected", Some(KEY))).await;
-    raw(server.addr, &req("/protected", Some("wrong"))).await;
-    raw(server.addr, &req("/protected", None)).await;
-    raw(server.addr, &req("/nope", None)).await;
+    raw(server.addr, &request("GET", "/protected", Some(KEY), "")).await;
+    raw(
+        server.addr,
+        &request("GET", "/protected", Some("wrong"), ""),
+    )
+    .await;
+    raw(server.addr, &request("GET", "/protected", None, "")).await;
+    raw(server.addr, &request("GET", "/nope", None, "")).await;
 
-    let denied = raw(server.addr, &req("/metrics", None)).await;
+    let denied = raw(server.addr, &request("GET", "/metrics", None, "")).await;
     assert_eq!(statuses(&denied), [401]);
     let r = get(
         crate::support::Proto::H1,
@@ -156,7 +150,7 @@ async fn metrics_public_flag() {
         ..AppConfig::default()
     };
     let server = TestServer::with(keys(&[KEY]), app, Limits::default()).await;
-    let got = raw(server.addr, &req("/metrics", None)).await;
+    let got = raw(server.addr, &request("GET", "/metrics", None, "")).await;
     assert_eq!(statuses(&got), [200], "{got:.300}");
 }
 
@@ -173,9 +167,13 @@ async fn access_lines(format: &str) -> Vec<String> {
     );
     let mut child = cmd.spawn().unwrap();
     let (addr, _lines) = crate::support::wait_for_address(&mut child).await;
-    raw(addr, &req("/public?secret-query=1", None)).await;
-    raw(addr, &req("/protected", Some("access-key-1"))).await;
-    raw(addr, &req("/protected", Some("wrong-key-2"))).await;
+    raw(addr, &request("GET", "/public?secret-query=1", None, "")).await;
+    raw(
+        addr,
+        &request("GET", "/protected", Some("access-key-1"), ""),
+    )
+    .await;
+    raw(addr, &request("GET", "/protected", Some("wrong-key-2"), "")).await;
     let out = terminate(child).await;
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -229,13 +227,13 @@ async fn access_log_text_and_json() {
 
 /// Sends `GET /protected` with `token` on a fresh connection; the status.
 async fn status_with(addr: SocketAddr, token: &str) -> u16 {
-    let got = raw(addr, &req("/protected", Some(token))).await;
+    let got = raw(addr, &request("GET", "/protected", Some(token), "")).await;
     statuses(&got).first().copied().unwrap_or(0)
 }
 
 #[tokio::test]
 async fn sighup_rotates_keys_under_load() {
-    let dir = temp_dir("rotate");
+    let dir = TempDir::new("ops-rotate");
     let file = dir.join("keys");
     std::fs::write(&file, "stays-key-0001 stays\nleaves-key-002 leaves\n").unwrap();
     let server = Spawned::start(
@@ -253,10 +251,13 @@ async fn sighup_rotates_keys_under_load() {
     // A client hammering with all three keys while the rotation happens.
     // At least 3 000 requests; it goes on until 900 requests after the new
     // key was first accepted (bounded: at most 30 000), whatever the machine's speed.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
     let client = tokio::spawn(async move {
         let mut log = Vec::new();
         let mut swapped_at = None;
         for i in 0..30_000 {
+            counter.store(i, Relaxed);
             let token = ["stays-key-0001", "leaves-key-002", "joins-key-0003"][i % 3];
             let status = status_with(addr, token).await;
             if token == "joins-key-0003" && status == 200 && swapped_at.is_none() {
@@ -269,7 +270,13 @@ async fn sighup_rotates_keys_under_load() {
         }
         log
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The rotation happens while the client is busy.
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            sent.load(Relaxed) >= 300
+        })
+        .await
+    );
     std::fs::write(&file, "stays-key-0001 stays\njoins-key-0003 joins\n").unwrap();
     server.signal("-HUP");
     let log = client.await.unwrap();
@@ -325,7 +332,11 @@ async fn sighup_rotates_keys_under_load() {
         "{log}"
     );
     assert_eq!(status_with(addr, "joins-key-0003").await, 200);
-    let metrics = raw(addr, &req("/metrics", Some("stays-key-0001"))).await;
+    let metrics = raw(
+        addr,
+        &request("GET", "/metrics", Some("stays-key-0001"), ""),
+    )
+    .await;
     assert!(
         metrics.contains(r#"tokengate_key_reloads_total{result="failure"} 1"#),
         "{metrics}"
@@ -339,7 +350,7 @@ async fn sighup_rotates_keys_under_load() {
 #[tokio::test]
 async fn watched_secret_symlink_swap_reloads() {
     // The layout Kubernetes uses for a mounted Secret.
-    let dir = temp_dir("watch");
+    let dir = TempDir::new("ops-watch");
     let v1 = dir.join("..2026_v1");
     std::fs::create_dir(&v1).unwrap();
     std::fs::write(v1.join("keys"), "first-key-0001\n").unwrap();
@@ -374,24 +385,24 @@ async fn watched_secret_symlink_swap_reloads() {
 
 #[tokio::test]
 async fn reuse_port_hand_over_drops_no_request() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let listen = format!("127.0.0.1:{port}");
-    let mut old = Spawned::start_at(&listen, &["--reuse-port"], &[]).await;
-    let new = Spawned::start_at(&listen, &["--reuse-port"], &[]).await;
-    let addr: SocketAddr = listen.parse().unwrap();
+    // The first instance picks a free port; the second joins it.
+    let mut old = Spawned::start(&["--reuse-port"], &[]).await;
+    let addr = old.addr;
+    let new = Spawned::start_at(&addr.to_string(), &["--reuse-port"], &[]).await;
+    assert_eq!(new.addr, addr);
 
     // Requests on new connections for as long as the old process drains and
     // 300 more after it has exited (bounded: at most 50 000).
     let old_gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let gone = old_gone.clone();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
     let client = tokio::spawn(async move {
         let mut failures = Vec::new();
         let mut after = 0;
         for i in 0..50_000 {
-            let got = raw(addr, &req("/public", None)).await;
+            counter.store(i, Relaxed);
+            let got = raw(addr, &request("GET", "/public", None, "")).await;
             if statuses(&got) != [200] {
                 failures.push((i, got));
             }
@@ -404,7 +415,13 @@ async fn reuse_port_hand_over_drops_no_request() {
         }
         (failures, 50_000)
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both instances are up and the client is busy: stop the old one.
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            sent.load(Relaxed) >= 50
+        })
+        .await
+    );
     old.signal("-TERM");
     assert!(old.wait().await.success());
     old_gone.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -468,7 +485,9 @@ os.execv(sys.argv[1], [sys.argv[1], "--listen", "127.0.0.1:1"])
     for _ in 0..100 {
         if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
             use tokio::io::AsyncWriteExt;
-            s.write_all(&req("/public", None)).await.unwrap();
+            s.write_all(&request("GET", "/public", None, ""))
+                .await
+                .unwrap();
             if statuses(&crate::support::read_to_close(&mut s).await) == [200] {
                 served = true;
                 break;
@@ -491,11 +510,11 @@ async fn metrics_off_serves_no_metrics() {
     };
     let server = TestServer::with(keys(&[KEY]), app, Limits::default()).await;
     assert_eq!(
-        statuses(&raw(server.addr, &req("/metrics", None)).await),
+        statuses(&raw(server.addr, &request("GET", "/metrics", None, "")).await),
         [404]
     );
     assert_eq!(
-        statuses(&raw(server.addr, &req("/protected", Some(KEY))).await),
+        statuses(&raw(server.addr, &request("GET", "/protected", Some(KEY), "")).await),
         [200]
     );
 }
@@ -551,7 +570,7 @@ async fn stalled_access_log_drops_lines_instead_of_stalling() {
         total += t.await.unwrap();
     }
     assert_eq!(total, 4 * 50 * 500);
-    let metrics = raw(addr, &req("/metrics", None)).await;
+    let metrics = raw(addr, &request("GET", "/metrics", None, "")).await;
     let dropped: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("tokengate_access_log_dropped_lines_total "))

@@ -1,15 +1,11 @@
 //! Raw-socket tests for what client libraries normalise away.
 
-use crate::support::{TestServer, raw, statuses};
+use crate::support::{TestServer, raw, request, statuses};
 
 const KEY_LINE: &str = "X-Token: mysecrettoken\r\n";
 
-fn req(target: &str, extra: &str) -> String {
-    format!("GET {target} HTTP/1.1\r\nHost: test\r\n{extra}Connection: close\r\n\r\n")
-}
-
-async fn status_of(server: &TestServer, request: &str) -> Vec<u16> {
-    statuses(&raw(server.addr, request.as_bytes()).await)
+async fn status_of(server: &TestServer, request: &[u8]) -> Vec<u16> {
+    statuses(&raw(server.addr, request).await)
 }
 
 #[tokio::test]
@@ -23,7 +19,7 @@ async fn duplicate_token_headers_in_both_orders() {
         "Authorization: Bearer x\r\nAuthorization: Bearer mysecrettoken\r\n",
     ] {
         assert_eq!(
-            status_of(&server, &req("/protected", extra)).await,
+            status_of(&server, &request("GET", "/protected", None, extra)).await,
             [401],
             "{extra:?}"
         );
@@ -42,7 +38,7 @@ async fn whitespace_and_name_case() {
         "Authorization:   Bearer    mysecrettoken  \r\n",
     ] {
         assert_eq!(
-            status_of(&server, &req("/protected", extra)).await,
+            status_of(&server, &request("GET", "/protected", None, extra)).await,
             [200],
             "{extra:?}"
         );
@@ -51,7 +47,7 @@ async fn whitespace_and_name_case() {
         "X-Token: mysecret token\r\n",
         "X-Token: mysecrettoken\x01\r\n",
     ] {
-        let got = status_of(&server, &req("/protected", extra)).await;
+        let got = status_of(&server, &request("GET", "/protected", None, extra)).await;
         assert!(got == [401] || got == [400], "{extra:?}: {got:?}");
     }
 }
@@ -60,33 +56,63 @@ async fn whitespace_and_name_case() {
 async fn absolute_form_routes_by_path() {
     let server = TestServer::start().await;
     let abs = "http://upstream.example/protected";
-    assert_eq!(status_of(&server, &req(abs, KEY_LINE)).await, [200]);
-    assert_eq!(status_of(&server, &req(abs, "")).await, [401]);
     assert_eq!(
-        status_of(&server, &req("http://upstream.example/public?q=1", "")).await,
+        status_of(&server, &request("GET", abs, None, KEY_LINE)).await,
         [200]
     );
     assert_eq!(
-        status_of(&server, &req("http://upstream.example/nope", KEY_LINE)).await,
+        status_of(&server, &request("GET", abs, None, "")).await,
+        [401]
+    );
+    assert_eq!(
+        status_of(
+            &server,
+            &request("GET", "http://upstream.example/public?q=1", None, "")
+        )
+        .await,
+        [200]
+    );
+    assert_eq!(
+        status_of(
+            &server,
+            &request("GET", "http://upstream.example/nope", None, KEY_LINE)
+        )
+        .await,
         [404]
     );
-    let redirect = raw(server.addr, req("http://h.example/public/", "").as_bytes()).await;
+    let redirect = raw(
+        server.addr,
+        &request("GET", "http://h.example/public/", None, ""),
+    )
+    .await;
     assert!(redirect.contains("location: /public\r\n"), "{redirect}");
 }
 
 #[tokio::test]
 async fn percent_encoding_on_the_wire() {
     let server = TestServer::start().await;
-    assert_eq!(status_of(&server, &req("/%70ublic", "")).await, [200]);
-    assert_eq!(status_of(&server, &req("/%70rotected", "")).await, [401]);
     assert_eq!(
-        status_of(&server, &req("/%70rotected", KEY_LINE)).await,
+        status_of(&server, &request("GET", "/%70ublic", None, "")).await,
         [200]
     );
-    assert_eq!(status_of(&server, &req("/public%2F", "")).await, [404]);
-    assert_eq!(status_of(&server, &req("/%2Fpublic", "")).await, [404]);
     assert_eq!(
-        status_of(&server, &req("/%2fprotected", KEY_LINE)).await,
+        status_of(&server, &request("GET", "/%70rotected", None, "")).await,
+        [401]
+    );
+    assert_eq!(
+        status_of(&server, &request("GET", "/%70rotected", None, KEY_LINE)).await,
+        [200]
+    );
+    assert_eq!(
+        status_of(&server, &request("GET", "/public%2F", None, "")).await,
+        [404]
+    );
+    assert_eq!(
+        status_of(&server, &request("GET", "/%2Fpublic", None, "")).await,
+        [404]
+    );
+    assert_eq!(
+        status_of(&server, &request("GET", "/%2fprotected", None, KEY_LINE)).await,
         [404]
     );
 }
@@ -108,7 +134,9 @@ async fn pipelined_requests_answer_in_order() {
                 req_keepalive("/nope")
             }
         })
-        .chain(std::iter::once(req("/protected", KEY_LINE)))
+        .chain(std::iter::once(
+            String::from_utf8(request("GET", "/protected", None, KEY_LINE)).unwrap(),
+        ))
         .collect();
     let got = statuses(&raw(server.addr, many.as_bytes()).await);
     let mut want: Vec<u16> = (0..50)
@@ -172,7 +200,7 @@ async fn connect_gets_405_and_the_connection_does_not_hang() {
 async fn targets_that_are_not_origin_form_are_400() {
     let server = TestServer::start().await;
     for target in ["public", "*"] {
-        let got = raw(server.addr, req(target, "").as_bytes()).await;
+        let got = raw(server.addr, &request("GET", target, None, "")).await;
         assert_eq!(statuses(&got), [400], "{target}: {got}");
         assert!(got.ends_with(r#"{"detail":"Bad Request"}"#), "{got}");
     }

@@ -99,9 +99,7 @@ async fn no_secret_reaches_the_log_at_trace_level() {
     let mut server = server;
     server.signal("-TERM");
     assert!(server.wait().await.success());
-    // Give the log reader a moment to drain the pipe after exit.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let log = server.log();
+    let log = server.log_after_exit().await;
     assert!(
         log.lines().count() > 20,
         "expected a chatty TRACE log:\n{log}"

@@ -404,9 +404,13 @@ impl TempDir {
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
     }
+}
 
-    pub fn join(&self, name: &str) -> std::path::PathBuf {
-        self.0.join(name)
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
     }
 }
 

@@ -9,14 +9,9 @@ use tokengate::throttle::ThrottleConfig;
 use tokengate::{AppConfig, Limits};
 use tokio::net::TcpStream;
 
-use crate::support::{KEY, Spawned, TestServer, keys, raw, raw_from, statuses};
-
-fn req(token: Option<&str>, path: &str) -> Vec<u8> {
-    let line = token
-        .map(|t| format!("X-Token: {t}\r\n"))
-        .unwrap_or_default();
-    format!("GET {path} HTTP/1.1\r\nHost: t\r\n{line}Connection: close\r\n\r\n").into_bytes()
-}
+use crate::support::{
+    KEY, Spawned, TestServer, keys, raw, raw_from, request, statuses, wait_until,
+};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -38,16 +33,31 @@ async fn failures_past_the_limit_are_429_even_with_a_valid_key() {
 
     // Successes never consume the bucket.
     for _ in 0..20 {
-        let got = raw_from(attacker, server.addr, &req(Some(KEY), "/protected")).await;
+        let got = raw_from(
+            attacker,
+            server.addr,
+            &request("GET", "/protected", Some(KEY), ""),
+        )
+        .await;
         assert_eq!(statuses(&got), [200]);
     }
     // The burst: three failures (wrong or missing) are plain 401s.
     for token in [Some("wrong-1"), None, Some("wrong-2")] {
-        let got = raw_from(attacker, server.addr, &req(token, "/protected")).await;
+        let got = raw_from(
+            attacker,
+            server.addr,
+            &request("GET", "/protected", token, ""),
+        )
+        .await;
         assert_eq!(statuses(&got), [401], "{got}");
     }
     // Past it: 429 with retry-after, for wrong keys…
-    let got = raw_from(attacker, server.addr, &req(Some("wrong-3"), "/protected")).await;
+    let got = raw_from(
+        attacker,
+        server.addr,
+        &request("GET", "/protected", Some("wrong-3"), ""),
+    )
+    .await;
     assert_eq!(statuses(&got), [429], "{got}");
     assert!(got.contains("retry-after: "), "{got}");
     assert!(got.ends_with(r#"{"detail":"Too Many Requests"}"#), "{got}");
@@ -60,18 +70,28 @@ async fn failures_past_the_limit_are_429_even_with_a_valid_key() {
         .unwrap();
     assert!((1..=60).contains(&retry), "retry-after {retry}");
     // …and for the valid key too, so a brute-forcer cannot tell a hit.
-    let got = raw_from(attacker, server.addr, &req(Some(KEY), "/protected")).await;
+    let got = raw_from(
+        attacker,
+        server.addr,
+        &request("GET", "/protected", Some(KEY), ""),
+    )
+    .await;
     assert_eq!(statuses(&got), [429], "{got}");
     // Public routes are not throttled.
-    let got = raw_from(attacker, server.addr, &req(None, "/public")).await;
+    let got = raw_from(attacker, server.addr, &request("GET", "/public", None, "")).await;
     assert_eq!(statuses(&got), [200]);
     // Another address is unaffected.
-    let got = raw_from(ip("127.0.0.2"), server.addr, &req(Some(KEY), "/protected")).await;
+    let got = raw_from(
+        ip("127.0.0.2"),
+        server.addr,
+        &request("GET", "/protected", Some(KEY), ""),
+    )
+    .await;
     assert_eq!(statuses(&got), [200], "{got}");
     let got = raw_from(
         ip("127.0.0.2"),
         server.addr,
-        &req(Some("wrong"), "/protected"),
+        &request("GET", "/protected", Some("wrong"), ""),
     )
     .await;
     assert_eq!(statuses(&got), [401], "{got}");
@@ -85,10 +105,14 @@ async fn throttling_off_never_429s() {
     };
     let server = TestServer::with(keys(&[KEY]), app, Limits::default()).await;
     for _ in 0..200 {
-        let got = raw(server.addr, &req(Some("wrong"), "/protected")).await;
+        let got = raw(
+            server.addr,
+            &request("GET", "/protected", Some("wrong"), ""),
+        )
+        .await;
         assert_eq!(statuses(&got), [401]);
     }
-    let got = raw(server.addr, &req(Some(KEY), "/protected")).await;
+    let got = raw(server.addr, &request("GET", "/protected", Some(KEY), "")).await;
     assert_eq!(statuses(&got), [200]);
 }
 
@@ -99,7 +123,14 @@ async fn default_limit_allows_a_burst_of_50() {
     let mut seen = Vec::new();
     for _ in 0..60 {
         seen.push(
-            statuses(&raw_from(local, server.addr, &req(Some("wrong"), "/protected")).await)[0],
+            statuses(
+                &raw_from(
+                    local,
+                    server.addr,
+                    &request("GET", "/protected", Some("wrong"), ""),
+                )
+                .await,
+            )[0],
         );
     }
     let first_429 = seen
@@ -125,8 +156,15 @@ async fn fd_exhaustion_backs_off_and_recovers() {
     for _ in 0..150 {
         held.push(TcpStream::connect(server.addr).await.unwrap());
     }
-    // Let the server hit EMFILE, then measure its CPU while it is stuck there.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait for the server to hit EMFILE, then measure its CPU while it is stuck there.
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            server.log().contains("accept failed")
+        })
+        .await,
+        "{}",
+        server.log()
+    );
     let t0 = server.cpu_ticks();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let used = server.cpu_ticks() - t0;
