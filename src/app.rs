@@ -6,8 +6,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderName, Method, Request, Response};
+use http::{HeaderName, Method, Request, Response, StatusCode};
 
+use crate::client::TrustedProxies;
+use crate::forward_auth::{self, Original};
 use crate::guard::{Guard, Outcome};
 use crate::head::{self, HeadProblem};
 use crate::keys::KeySet;
@@ -36,6 +38,10 @@ pub struct AppConfig {
     pub access_log: bool,
     /// Record metrics and serve `/metrics` (`--metrics off` turns both off).
     pub metrics: bool,
+    /// `--trusted-proxies`: peers whose `X-Forwarded-For`/`X-Real-IP` are believed.
+    pub trusted_proxies: TrustedProxies,
+    /// `--forward-auth-throttle-status`: 403 (default) or 429.
+    pub forward_auth_throttle_status: StatusCode,
 }
 
 impl Default for AppConfig {
@@ -48,19 +54,25 @@ impl Default for AppConfig {
             metrics_public: false,
             access_log: false,
             metrics: true,
+            trusted_proxies: TrustedProxies::default(),
+            forward_auth_throttle_status: StatusCode::FORBIDDEN,
         }
     }
 }
 
 /// A request's answer, and what the metrics and the access log need of it.
 #[derive(Debug)]
-pub struct Answer {
+pub struct Answer<'a> {
     /// The response.
     pub response: Response<Body>,
     /// The route it matched (the table's length for none).
     pub route: RouteIndex,
     /// The guard's decision; `None` when no credential was checked.
     pub auth: Option<Outcome>,
+    /// The client address (the peer, or what a trusted proxy says).
+    pub client: IpAddr,
+    /// For `/auth/verify`: the request that was authorised.
+    pub original: Option<Original<'a>>,
 }
 
 /// The application: route table, guard and prebuilt responses.
@@ -68,6 +80,8 @@ pub struct App {
     router: Router,
     guard: Guard,
     responses: Responses,
+    forward: forward_auth::Answers,
+    trusted: TrustedProxies,
     metrics: Metrics,
     lifecycle: Arc<Lifecycle>,
     max_header_bytes: usize,
@@ -113,6 +127,11 @@ impl App {
             ),
             guard: Guard::new(keys, config.token_header.clone(), config.throttle, &metrics),
             responses: Responses::new(&config.realm),
+            forward: forward_auth::Answers::new(
+                &config.token_header,
+                config.forward_auth_throttle_status,
+            ),
+            trusted: config.trusted_proxies.clone(),
             metrics,
             lifecycle: Arc::default(),
             max_header_bytes: config.max_header_bytes,
@@ -170,64 +189,122 @@ impl App {
 
     /// Answers a request, without recording it.
     #[inline]
-    pub fn answer<B>(&self, req: &Request<B>, peer: IpAddr) -> Answer {
+    pub fn answer<'r, B>(&self, req: &'r Request<B>, peer: IpAddr) -> Answer<'r> {
         let head = req.method() == Method::HEAD;
+        let client = self.trusted.client(peer, req.headers());
+        let answer = |response, route, auth| Answer {
+            response,
+            route,
+            auth,
+            client,
+            original: None,
+        };
         if let Err(problem) = head::check(req, self.max_header_bytes) {
-            return self.unrouted(self.rejection(problem, head));
+            return answer(self.rejection(problem, head), self.other, None);
         }
         let route = match self.router.find(req) {
             Match::Route(route) => route,
-            Match::Redirect(location) => return self.unrouted(responses::redirect(location)),
-            Match::NotFound => return self.unrouted(self.responses.not_found.respond(head)),
+            Match::Redirect(location) => {
+                return answer(responses::redirect(location), self.other, None);
+            }
+            Match::NotFound => {
+                return answer(self.responses.not_found.respond(head), self.other, None);
+            }
         };
         let index = route.index;
-        if !route.route.methods.contains(req.method()) {
+        if !route.route.answers(req.method()) {
             let response = if req.method() == Method::OPTIONS {
                 route.options.respond(false)
             } else {
                 route.method_not_allowed.respond(head)
             };
-            return Answer {
-                response,
-                route: index,
-                auth: None,
-            };
+            return answer(response, index, None);
+        }
+        if route.route.handler == Handler::ForwardAuth {
+            return self.forward_auth(req, route, client, head);
         }
         let auth = match route.access {
             Access::Public => None,
             Access::Protected => {
                 let metrics = self.metrics_on.then_some(&self.metrics);
-                let outcome = self.guard.check(req.headers(), peer, metrics);
-                let denied = match outcome {
-                    Outcome::Valid(_) => None,
-                    Outcome::Missing => Some(self.responses.unauthorized_missing.respond(head)),
-                    Outcome::Invalid => Some(self.responses.unauthorized_invalid.respond(head)),
-                    Outcome::Throttled(wait) => Some(self.responses.too_many(wait, head)),
-                };
-                if let Some(response) = denied {
-                    return Answer {
-                        response,
-                        route: index,
-                        auth: Some(outcome),
-                    };
+                let decided = self.guard.check(
+                    req.headers(),
+                    client,
+                    req.method(),
+                    route.route.path,
+                    metrics,
+                );
+                if let Some(response) = self.denial(&decided.outcome, head) {
+                    return answer(response, index, Some(decided.outcome));
                 }
-                Some(outcome)
+                Some(decided.outcome)
             }
         };
-        Answer {
-            response: self.success(route, head),
-            route: index,
-            auth,
-        }
+        answer(self.success(route, head), index, auth)
     }
 
+    /// The response to a credential the guard did not accept; `None` for a valid one.
     #[inline]
-    fn unrouted(&self, response: Response<Body>) -> Answer {
-        Answer {
-            response,
-            route: self.other,
+    fn denial(&self, outcome: &Outcome, head: bool) -> Option<Response<Body>> {
+        Some(match *outcome {
+            Outcome::Valid(_) => return None,
+            Outcome::Missing => self.responses.unauthorized_missing.respond(head),
+            Outcome::Invalid | Outcome::Expired(_) => {
+                self.responses.unauthorized_invalid.respond(head)
+            }
+            Outcome::Forbidden(_) => self.responses.forbidden.respond(head),
+            Outcome::Throttled(wait) => self.responses.too_many(wait, head),
+        })
+    }
+
+    /// `/auth/verify`: the guard's decision on the original request.
+    fn forward_auth<'r, B>(
+        &self,
+        req: &'r Request<B>,
+        route: &Compiled,
+        client: IpAddr,
+        head: bool,
+    ) -> Answer<'r> {
+        let mut answer = Answer {
+            response: self.forward.unknowable.respond(head),
+            route: route.index,
             auth: None,
-        }
+            client,
+            original: None,
+        };
+        let Some(original) = forward_auth::original(req, route.route.path) else {
+            return answer;
+        };
+        let metrics = self.metrics_on.then_some(&self.metrics);
+        let decided = self.guard.check(
+            req.headers(),
+            client,
+            &original.method,
+            &original.path,
+            metrics,
+        );
+        answer.response = match decided.outcome {
+            Outcome::Valid(_) => {
+                let mut response = self.forward.allow.respond(head);
+                if let Some(key) = decided.key() {
+                    response
+                        .headers_mut()
+                        .insert(forward_auth::KEY_LABEL, key.label_value().clone());
+                }
+                response
+            }
+            Outcome::Throttled(wait) => {
+                responses::with_retry_after(self.forward.throttled.respond(head), wait)
+            }
+            Outcome::Missing => self.responses.unauthorized_missing.respond(head),
+            Outcome::Invalid | Outcome::Expired(_) => {
+                self.responses.unauthorized_invalid.respond(head)
+            }
+            Outcome::Forbidden(_) => self.responses.forbidden.respond(head),
+        };
+        answer.auth = Some(decided.outcome);
+        answer.original = Some(original);
+        answer
     }
 
     #[inline]
@@ -239,6 +316,8 @@ impl App {
             }
             Handler::Ready => route.ok.respond(head),
             Handler::Metrics => responses::metrics(&route.ok, self.metrics.render(), head),
+            // Answered by `forward_auth` before this point.
+            Handler::ForwardAuth => self.responses.not_found.respond(head),
         }
     }
 
@@ -264,9 +343,16 @@ impl App {
         let bytes = http_body::Body::size_hint(answer.response.body())
             .exact()
             .unwrap_or(0);
+        let (original_method, original_path) = match &answer.original {
+            Some(o) => (o.method.as_str(), &*o.path),
+            None => ("-", "-"),
+        };
         tracing::info!(
             target: "tokengate::access",
             peer = %peer,
+            client = %answer.client,
+            original_method,
+            original_path,
             method = %req.method(),
             path = %req.uri().path(),
             protocol = ?req.version(),
@@ -301,6 +387,7 @@ mod tests {
             1,
             Route {
                 path: "/reports",
+                subtree: false,
                 methods: GET_HEAD,
                 access: Access::Public,
                 handler: Handler::Message("reports"),

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, Method};
 use prometheus_client::metrics::counter::Counter;
 
-use crate::keys::{KeyId, KeySet};
+use crate::keys::{Key, KeyId, KeySet};
 use crate::metrics::Metrics;
 use crate::throttle::{Throttle, ThrottleConfig};
 
@@ -23,6 +23,10 @@ pub enum Outcome {
     Missing,
     /// A credential was presented and is wrong (or ambiguous: repeated fields).
     Invalid,
+    /// A configured key whose `expires=` has passed: refused like a wrong one.
+    Expired(KeyId),
+    /// A valid key whose scopes do not cover the request: 403.
+    Forbidden(KeyId),
     /// The client is over its failed-credential limit: 429 for this long.
     Throttled(Duration),
 }
@@ -32,6 +36,25 @@ pub enum Outcome {
 struct Live {
     keys: KeySet,
     ok: Vec<Counter>,
+}
+
+/// A decision and the key set that made it.
+pub struct Decided {
+    /// What was decided.
+    pub outcome: Outcome,
+    live: arc_swap::Guard<Arc<Live>>,
+}
+
+impl Decided {
+    /// The key the outcome names (valid, expired or out of scope).
+    pub fn key(&self) -> Option<&Key> {
+        match self.outcome {
+            Outcome::Valid(id) | Outcome::Expired(id) | Outcome::Forbidden(id) => {
+                self.live.keys.get(id)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Throttle + keys.
@@ -65,26 +88,45 @@ impl Guard {
         self.live.store(Arc::new(Live { keys, ok }));
     }
 
-    /// Decides on the credential in `headers` from `client`. With `metrics`,
-    /// the outcome is counted here, where the per-key counters that match the
-    /// key set in use are at hand.
+    /// Decides on the credential in `headers` from `client`, for `method` on
+    /// `path` (the request being authorised: normalised, no query). With
+    /// `metrics`, the outcome is counted here, where the per-key counters that
+    /// match the key set in use are at hand. The [`Decided`] keeps that key
+    /// set, so the key the outcome names is read from the set that decided (a
+    /// reload in between cannot swap it for another).
     #[inline]
-    pub fn check(&self, headers: &HeaderMap, client: IpAddr, metrics: Option<&Metrics>) -> Outcome {
-        if let Some(wait) = self.throttle.as_ref().and_then(|t| t.blocked(client)) {
-            return counted(Outcome::Throttled(wait), metrics, &[]);
-        }
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        client: IpAddr,
+        method: &Method,
+        path: &str,
+        metrics: Option<&Metrics>,
+    ) -> Decided {
         let live = self.live.load();
-        let outcome = live.keys.check(headers, &self.token_header);
-        if !matches!(outcome, Outcome::Valid(_)) {
+        if let Some(wait) = self.throttle.as_ref().and_then(|t| t.blocked(client)) {
+            let outcome = counted(Outcome::Throttled(wait), metrics, &[]);
+            return Decided { outcome, live };
+        }
+        let mut outcome = live
+            .keys
+            .authorize(headers, &self.token_header, method, path);
+        // A wrong, missing or expired credential is a failure; a valid key
+        // outside its scopes is not.
+        if matches!(
+            outcome,
+            Outcome::Missing | Outcome::Invalid | Outcome::Expired(_)
+        ) {
             if let Some(wait) = self
                 .throttle
                 .as_ref()
                 .and_then(|t| t.record_failure(client))
             {
-                return counted(Outcome::Throttled(wait), metrics, &live.ok);
+                outcome = Outcome::Throttled(wait);
             }
         }
-        counted(outcome, metrics, &live.ok)
+        let outcome = counted(outcome, metrics, &live.ok);
+        Decided { outcome, live }
     }
 
     /// The label of a key of the set in use (for the access log; `-` when the

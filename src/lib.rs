@@ -27,7 +27,9 @@
 //! these together.
 
 pub mod app;
+pub mod client;
 pub mod config;
+pub mod forward_auth;
 pub mod guard;
 pub mod head;
 pub mod keys;

@@ -100,6 +100,7 @@ async fn run(
         }
     };
     let local = listener.local_addr().unwrap_or(config.listen);
+    config.keys.warn_expiring();
     if config.demo_key {
         warn!(
             "no key configured (TOKENGATE_TOKEN, --token-file): using the demo key 'mysecrettoken'; do not use it in production"

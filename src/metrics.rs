@@ -71,6 +71,11 @@ impl EncodeLabelSet for AuthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabel {
+    key: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProtocolLabel {
     protocol: &'static str,
 }
@@ -105,7 +110,11 @@ pub struct Metrics {
     auth_family: Family<AuthLabels, Counter>,
     missing: Counter,
     invalid: Counter,
+    expired: Counter,
+    forbidden: Counter,
     throttled: Counter,
+    /// `tokengate_key_expiry_timestamp_seconds{key}`, per key with `expires=`.
+    key_expiry: Family<KeyLabel, Gauge>,
     open_connections: Gauge,
     accepted: [Counter; 3],
     reloads_ok: Counter,
@@ -186,8 +195,19 @@ impl Metrics {
             auth_family.clone(),
         );
         let outcome = |outcome| auth_family.get_or_create_owned(&AuthLabels { outcome, key: None });
-        let (missing, invalid, throttled) =
-            (outcome("missing"), outcome("invalid"), outcome("throttled"));
+        let (missing, invalid, expired, forbidden, throttled) = (
+            outcome("missing"),
+            outcome("invalid"),
+            outcome("expired"),
+            outcome("forbidden"),
+            outcome("throttled"),
+        );
+        let key_expiry = Family::<KeyLabel, Gauge>::default();
+        registry.register(
+            "key_expiry_timestamp_seconds",
+            "When each key with an expiry stops being accepted (Unix time)",
+            key_expiry.clone(),
+        );
 
         let open_connections = Gauge::default();
         registry.register(
@@ -238,7 +258,10 @@ impl Metrics {
             auth_family,
             missing,
             invalid,
+            expired,
+            forbidden,
             throttled,
+            key_expiry,
             open_connections,
             accepted,
             reloads_ok,
@@ -251,6 +274,19 @@ impl Metrics {
     pub fn key_counters(&self, keys: &KeySet) -> Vec<Counter> {
         self.keys_loaded
             .set(i64::try_from(keys.len()).unwrap_or(i64::MAX));
+        self.key_expiry.clear();
+        for key in keys.keys() {
+            if let Some(at) = key.expires() {
+                let secs = at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                self.key_expiry
+                    .get_or_create(&KeyLabel {
+                        key: key.label_arc(),
+                    })
+                    .set(secs);
+            }
+        }
         keys.keys()
             .iter()
             .map(|k| {
@@ -285,6 +321,8 @@ impl Metrics {
             },
             Outcome::Missing => &self.missing,
             Outcome::Invalid => &self.invalid,
+            Outcome::Expired(_) => &self.expired,
+            Outcome::Forbidden(_) => &self.forbidden,
             Outcome::Throttled(_) => &self.throttled,
         };
         counter.inc();

@@ -29,6 +29,7 @@ pub fn reload(app: &App, sources: &KeySources) -> Result<usize, KeyError> {
     match sources.load() {
         Ok((keys, _demo)) => {
             let n = keys.len();
+            keys.warn_expiring();
             app.replace_keys(keys);
             app.metrics().reloaded(true);
             info!(keys = ?app.key_labels(), "keys reloaded");

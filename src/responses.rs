@@ -102,7 +102,8 @@ impl Prebuilt {
     }
 }
 
-fn detail(status: StatusCode, text: &str) -> Prebuilt {
+/// `{"detail": text}`, FastAPI's error shape.
+pub fn detail(status: StatusCode, text: &str) -> Prebuilt {
     Prebuilt::json(status, &serde_json::json!({ "detail": text }))
 }
 
@@ -176,6 +177,9 @@ pub struct Responses {
     pub draining: Prebuilt,
     /// 405 to `CONNECT`: no route tunnels.
     pub connect_not_allowed: Prebuilt,
+    /// 403 for a valid key whose scopes do not cover the request
+    /// (`error="insufficient_scope"`, RFC 6750 §3.1).
+    pub forbidden: Prebuilt,
 }
 
 impl Responses {
@@ -202,18 +206,28 @@ impl Responses {
             uri_too_long: detail(StatusCode::URI_TOO_LONG, "URI Too Long"),
             draining: status(StatusCode::SERVICE_UNAVAILABLE, "draining"),
             connect_not_allowed: method_not_allowed(HeaderValue::from_static("GET, HEAD, OPTIONS")),
+            forbidden: detail(StatusCode::FORBIDDEN, "Forbidden")
+                .header(CACHE_CONTROL, NO_STORE)
+                .header(
+                    WWW_AUTHENTICATE,
+                    realm.challenge(", error=\"insufficient_scope\""),
+                ),
         }
     }
 
-    /// 429 with `retry-after`: the wait, rounded up to whole seconds (at least 1).
+    /// 429 with `retry-after`.
     pub fn too_many(&self, wait: Duration, head: bool) -> Response<Body> {
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        let mut response = self.too_many_requests.respond(head);
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-        response
+        with_retry_after(self.too_many_requests.respond(head), wait)
     }
+}
+
+/// Adds `retry-after`: the wait, rounded up to whole seconds (at least 1).
+pub fn with_retry_after(mut response: Response<Body>, wait: Duration) -> Response<Body> {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
 }
 
 /// `{"status": text}` with `cache-control: no-store` (health and readiness).

@@ -38,6 +38,9 @@ pub enum Handler {
     /// The Prometheus exposition (`--metrics-public` makes it public;
     /// `--metrics off` removes it).
     Metrics,
+    /// Forward auth: decides on the original request a proxy describes in
+    /// its headers (`crate::forward_auth`).
+    ForwardAuth,
 }
 
 /// One row of the route table.
@@ -45,7 +48,10 @@ pub enum Handler {
 pub struct Route {
     /// The exact path.
     pub path: &'static str,
-    /// The methods it answers (`OPTIONS` is always answered too).
+    /// Whether every path under `path/` is this route too.
+    pub subtree: bool,
+    /// The methods it answers (`OPTIONS` is always answered too); empty:
+    /// every method, `OPTIONS` included, goes to the handler.
     pub methods: &'static [Method],
     /// Whether it needs a key.
     pub access: Access,
@@ -57,11 +63,32 @@ pub struct Route {
 
 /// `GET` and `HEAD`, what every route of tokengate answers.
 pub const GET_HEAD: &[Method] = &[Method::GET, Method::HEAD];
+/// Every method.
+pub const ANY_METHOD: &[Method] = &[];
+
+impl Route {
+    /// Whether `path` (normalised) is this route.
+    #[inline]
+    pub fn matches(&self, path: &str) -> bool {
+        match path.strip_prefix(self.path) {
+            Some("") => true,
+            Some(rest) => self.subtree && rest.starts_with('/'),
+            None => false,
+        }
+    }
+
+    /// Whether the route answers `method` itself (else 405, or 204 to `OPTIONS`).
+    #[inline]
+    pub fn answers(&self, method: &Method) -> bool {
+        self.methods.is_empty() || self.methods.contains(method)
+    }
+}
 
 /// The route table.
 pub const ROUTES: &[Route] = &[
     Route {
         path: "/public",
+        subtree: false,
         methods: GET_HEAD,
         access: Access::Public,
         handler: Handler::Message("Welcome to the public route!"),
@@ -69,6 +96,7 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         path: "/protected",
+        subtree: false,
         methods: GET_HEAD,
         access: Access::Protected,
         handler: Handler::Message("You have access to the protected route!"),
@@ -76,6 +104,7 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         path: "/healthz",
+        subtree: false,
         methods: GET_HEAD,
         access: Access::Public,
         handler: Handler::Health,
@@ -83,6 +112,7 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         path: "/readyz",
+        subtree: false,
         methods: GET_HEAD,
         access: Access::Public,
         handler: Handler::Ready,
@@ -90,10 +120,20 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         path: "/metrics",
+        subtree: false,
         methods: GET_HEAD,
         access: Access::Protected,
         handler: Handler::Metrics,
         label: "metrics",
+    },
+    Route {
+        path: "/auth/verify",
+        subtree: true,
+        methods: ANY_METHOD,
+        // The handler asks the guard about the original request.
+        access: Access::Public,
+        handler: Handler::ForwardAuth,
+        label: "auth_verify",
     },
 ];
 
@@ -166,7 +206,9 @@ impl Router {
                     Handler::Message(text) => responses::message(text),
                     Handler::Health => responses::status(http::StatusCode::OK, "ok"),
                     Handler::Ready => responses::status(http::StatusCode::OK, "ready"),
-                    Handler::Metrics => Prebuilt::empty(http::StatusCode::OK),
+                    Handler::Metrics | Handler::ForwardAuth => {
+                        Prebuilt::empty(http::StatusCode::OK)
+                    }
                 };
                 let allow = allow(route.methods);
                 Compiled {
@@ -195,7 +237,7 @@ impl Router {
     #[inline]
     pub fn find<B>(&self, req: &Request<B>) -> Match<'_> {
         let path = normalize(req.uri().path());
-        if let Some(route) = self.routes.iter().find(|r| r.route.path == path) {
+        if let Some(route) = self.routes.iter().find(|r| r.route.matches(&path)) {
             return Match::Route(route);
         }
         if let Some(stripped) = path.strip_suffix('/') {

@@ -118,6 +118,24 @@ pub struct Args {
     )]
     pub tls_cert: Option<PathBuf>,
 
+    /// Proxies whose X-Forwarded-For / X-Real-IP are believed: CIDR[,CIDR…] (default none).
+    #[arg(
+        long,
+        env = "TOKENGATE_TRUSTED_PROXIES",
+        default_value = "",
+        value_name = "CIDRS"
+    )]
+    pub trusted_proxies: String,
+
+    /// Status of a throttled /auth/verify answer: 403 (nginx turns others into 500) or 429.
+    #[arg(
+        long,
+        env = "TOKENGATE_FORWARD_AUTH_THROTTLE_STATUS",
+        value_enum,
+        default_value_t = ThrottleStatus::Forbidden
+    )]
+    pub forward_auth_throttle_status: ThrottleStatus,
+
     /// The PEM private key for --tls-cert.
     #[arg(
         long,
@@ -160,6 +178,17 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// `--forward-auth-throttle-status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ThrottleStatus {
+    /// 403: every proxy relays it (nginx turns other statuses into 500).
+    #[value(name = "403")]
+    Forbidden,
+    /// 429: for proxies that relay it.
+    #[value(name = "429")]
+    TooManyRequests,
 }
 
 /// An `on|off` flag value.

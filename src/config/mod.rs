@@ -11,11 +11,14 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 
-use http::HeaderName;
+use http::{HeaderName, StatusCode};
 
-pub use args::{Args, Command, LogFormat, Switch, parse_duration, parse_duration_or_zero};
+pub use args::{
+    Args, Command, LogFormat, Switch, ThrottleStatus, parse_duration, parse_duration_or_zero,
+};
 
 use crate::app::AppConfig;
+use crate::client::{BadNetwork, TrustedProxies};
 use crate::keys::{KeyError, KeySet, KeySources};
 use crate::responses::{InvalidRealm, Realm};
 use crate::server::Limits;
@@ -56,6 +59,9 @@ pub enum ConfigError {
     /// `--auth-failure-limit` is not a rate.
     #[error("--auth-failure-limit {0}")]
     AuthFailureLimit(String),
+    /// `--trusted-proxies` is not a list of networks.
+    #[error("--trusted-proxies: {0}")]
+    TrustedProxies(BadNetwork),
     /// The realm cannot go into a header.
     #[error("--realm {0:?}: {1}")]
     Realm(String, InvalidRealm),
@@ -93,6 +99,12 @@ impl Config {
             metrics_public: args.metrics_public,
             access_log: args.access_log,
             metrics: args.metrics == Switch::On,
+            trusted_proxies: TrustedProxies::parse(&args.trusted_proxies)
+                .map_err(ConfigError::TrustedProxies)?,
+            forward_auth_throttle_status: match args.forward_auth_throttle_status {
+                ThrottleStatus::Forbidden => StatusCode::FORBIDDEN,
+                ThrottleStatus::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            },
         };
         Ok(Config {
             listen: args.listen,

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use zeroize::{Zeroize, Zeroizing};
 
-use super::{Digest, InsertError, Key, KeySet, KeySource};
+use super::{Digest, InsertError, Key, KeySet, KeySource, Scope, ScopeProblem};
 
 /// The token used when no key source is configured.
 pub const DEMO_TOKEN: &str = "mysecrettoken";
@@ -79,6 +79,15 @@ pub enum LineProblem {
     /// The label is not a single word of `[A-Za-z0-9._:@/-]`.
     #[error("the label must be one word of letters, digits and . _ : @ / - (at most 64)")]
     BadLabel,
+    /// A `scope=` value is malformed.
+    #[error("scope={0}: {1}")]
+    BadScope(String, ScopeProblem),
+    /// An `expires=` value is malformed.
+    #[error("expires: {0}")]
+    BadExpiry(String),
+    /// An attribute other than `scope=` and `expires=`.
+    #[error("unknown attribute {0:?} (known: scope=, expires=)")]
+    UnknownAttribute(String),
     /// The same secret appears twice.
     #[error("duplicate key: the same token as {0}")]
     DuplicateKey(String),
@@ -134,11 +143,40 @@ pub fn parse_key_file(text: &str, path: &str, keys: &mut KeySet) -> Result<(), K
         let mut words = trimmed.split_whitespace();
         // `trimmed` is non-empty and has no leading whitespace: a first word exists.
         let secret = words.next().unwrap_or_default();
-        let label = match (words.next(), words.next()) {
-            (None, _) => format!("key-{}", keys.len() + 1),
-            (Some(label), None) if valid_label(label) => label.to_owned(),
-            _ => return Err(err(LineProblem::BadLabel)),
-        };
+        // Then an optional label, then attributes (`name=value`).
+        let mut label = None;
+        let mut scopes = Vec::new();
+        let mut expires = None;
+        for word in words {
+            match word.split_once('=') {
+                None if label.is_none() && scopes.is_empty() && expires.is_none() => {
+                    if !valid_label(word) {
+                        return Err(err(LineProblem::BadLabel));
+                    }
+                    label = Some(word.to_owned());
+                }
+                None => return Err(err(LineProblem::BadLabel)),
+                Some(("scope", value)) => scopes.push(
+                    Scope::parse(value)
+                        .map_err(|p| err(LineProblem::BadScope(value.to_owned(), p)))?,
+                ),
+                Some(("expires", value)) => {
+                    if expires.is_some() {
+                        return Err(err(LineProblem::BadExpiry("given twice".to_owned())));
+                    }
+                    let at = humantime::parse_rfc3339(value).map_err(|_| {
+                        err(LineProblem::BadExpiry(format!(
+                            "{value:?} is not an RFC 3339 UTC time like 2027-01-01T00:00:00Z"
+                        )))
+                    })?;
+                    expires = Some(at);
+                }
+                Some((name, _)) => {
+                    return Err(err(LineProblem::UnknownAttribute(name.to_owned())));
+                }
+            }
+        }
+        let label = label.unwrap_or_else(|| format!("key-{}", keys.len() + 1));
         let digest = match secret.strip_prefix("sha256:") {
             Some(hex_digits) => {
                 let mut bytes = [0u8; 32];
@@ -155,15 +193,16 @@ pub fn parse_key_file(text: &str, path: &str, keys: &mut KeySet) -> Result<(), K
             path: path.to_owned(),
             line,
         };
-        keys.insert(Key::new(digest, label, source))
-            .map_err(|e| match e {
-                InsertError::DuplicateKey(other) => {
-                    err(LineProblem::DuplicateKey(describe(&other)))
-                }
-                InsertError::DuplicateLabel(other) => {
-                    err(LineProblem::DuplicateLabel(describe(&other)))
-                }
-            })?;
+        let mut key = Key::new(digest, label, source).with_scopes(scopes);
+        if let Some(at) = expires {
+            key = key.with_expiry(at);
+        }
+        keys.insert(key).map_err(|e| match e {
+            InsertError::DuplicateKey(other) => err(LineProblem::DuplicateKey(describe(&other))),
+            InsertError::DuplicateLabel(other) => {
+                err(LineProblem::DuplicateLabel(describe(&other)))
+            }
+        })?;
     }
     if keys.len() == before {
         return Err(KeyError::FileEmpty(path.to_owned()));
@@ -257,5 +296,79 @@ impl KeySources {
             env_key,
             token_file,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http::Method;
+
+    fn parse(text: &str) -> Result<KeySet, KeyError> {
+        let mut keys = KeySet::new();
+        parse_key_file(text, "keys", &mut keys).map(|()| keys)
+    }
+
+    fn problem(text: &str) -> String {
+        let e = parse(text).unwrap_err();
+        assert!(matches!(e, KeyError::FileLine { line: 1, .. }), "{e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn attributes() {
+        let keys = parse(
+            "k-one-secret reports scope=GET,HEAD:/reports/* scope=*:/admin expires=2030-05-01T12:00:00Z\n\
+             k-two-secret scope=GET:/x\n",
+        )
+        .unwrap();
+        let one = &keys.keys()[0];
+        assert_eq!(one.label(), "reports");
+        assert!(one.allows(&Method::HEAD, "/reports/a"));
+        assert!(one.allows(&Method::DELETE, "/admin"));
+        assert!(!one.allows(&Method::GET, "/reports"));
+        assert_eq!(
+            one.expires(),
+            Some(humantime::parse_rfc3339("2030-05-01T12:00:00Z").unwrap())
+        );
+        // Attributes without a label: the default label.
+        assert_eq!(keys.keys()[1].label(), "key-2");
+        assert!(keys.keys()[1].allows(&Method::GET, "/x"));
+    }
+
+    #[test]
+    fn malformed_attributes_name_the_problem_never_the_secret() {
+        for (text, needle) in [
+            ("s3cret-token a scope=GET/x\n", "METHODS:PATTERN"),
+            ("s3cret-token a scope=get:/x\n", "upper-case"),
+            ("s3cret-token a scope=GET:x\n", "start with /"),
+            ("s3cret-token a expires=tomorrow\n", "RFC 3339"),
+            (
+                "s3cret-token a expires=2030-01-01T00:00:00Z expires=2031-01-01T00:00:00Z\n",
+                "twice",
+            ),
+            (
+                "s3cret-token a colour=blue\n",
+                "unknown attribute \"colour\"",
+            ),
+            ("s3cret-token scope=GET:/x label-after\n", "label"),
+        ] {
+            let msg = problem(text);
+            assert!(msg.contains(needle), "{text:?}: {msg}");
+            assert!(!msg.contains("s3cret"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn expiring_soon() {
+        let keys = parse(
+            "a-secret-1 soon expires=2000-01-01T00:00:00Z\na-secret-2 later expires=2999-01-01T00:00:00Z\na-secret-3 never\n",
+        )
+        .unwrap();
+        assert_eq!(
+            keys.expiring_within(std::time::Duration::from_secs(7 * 86400)),
+            ["soon"]
+        );
     }
 }

@@ -28,15 +28,19 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderName};
+use std::time::SystemTime;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::guard::Outcome;
 
 pub mod file;
+pub mod scope;
 
 pub use file::{KeyError, KeySources, LineProblem, TokenProblem};
+pub use scope::{Methods, PathPattern, Scope, ScopeProblem};
 
 /// A SHA-256 digest of a token. Equality is constant-time.
 #[derive(Clone, Copy, Eq)]
@@ -127,27 +131,78 @@ pub enum KeySource {
     },
 }
 
-/// One accepted key: its digest and its label (logs name the label, never the token).
+/// One accepted key: its digest, its label (logs name the label, never the
+/// token), and what it may do: its scopes (none: everything) and expiry.
 #[derive(Clone)]
 pub struct Key {
     digest: Digest,
     label: Arc<str>,
+    /// The label as a header value (`x-auth-key-label`), built once.
+    label_value: HeaderValue,
     source: KeySource,
+    scopes: Box<[Scope]>,
+    expires: Option<SystemTime>,
 }
 
 impl Key {
     /// Builds a key from its digest.
     pub fn new(digest: Digest, label: impl Into<Arc<str>>, source: KeySource) -> Self {
+        let label: Arc<str> = label.into();
         Key {
             digest,
-            label: label.into(),
+            // Key-file labels are letters, digits and `._:@/-`: always a
+            // valid header value; anything else set by a library user is shown as `-`.
+            label_value: HeaderValue::try_from(&*label).unwrap_or(HeaderValue::from_static("-")),
+            label,
             source,
+            scopes: Box::default(),
+            expires: None,
         }
+    }
+
+    /// Limits the key to these scopes (alternatives; none means everything).
+    pub fn with_scopes(mut self, scopes: Vec<Scope>) -> Self {
+        self.scopes = scopes.into();
+        self
+    }
+
+    /// The key is refused from `at` on.
+    pub fn with_expiry(mut self, at: SystemTime) -> Self {
+        self.expires = Some(at);
+        self
+    }
+
+    /// When the key stops being accepted, if ever.
+    pub fn expires(&self) -> Option<SystemTime> {
+        self.expires
+    }
+
+    /// The key's scopes (empty: it may do everything).
+    pub fn scopes(&self) -> &[Scope] {
+        &self.scopes
+    }
+
+    /// Whether the key may do `method` on `path` (normalised, no query).
+    #[inline]
+    pub fn allows(&self, method: &Method, path: &str) -> bool {
+        self.scopes.is_empty() || self.scopes.iter().any(|s| s.allows(method, path))
+    }
+
+    /// Whether the key has expired by now (reads the clock only for keys
+    /// that have an expiry).
+    #[inline]
+    pub fn expired(&self) -> bool {
+        self.expires.is_some_and(|at| SystemTime::now() >= at)
     }
 
     /// The key's label.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// The key's label as a header value.
+    pub fn label_value(&self) -> &HeaderValue {
+        &self.label_value
     }
 
     /// The key's label, shared.
@@ -166,6 +221,8 @@ impl fmt::Debug for Key {
         f.debug_struct("Key")
             .field("label", &self.label)
             .field("digest", &"<redacted>")
+            .field("scopes", &self.scopes.len())
+            .field("expires", &self.expires)
             .finish()
     }
 }
@@ -232,6 +289,25 @@ impl KeySet {
         self.keys.is_empty()
     }
 
+    /// Labels of the keys that expire within `window` from now (or have expired).
+    pub fn expiring_within(&self, window: std::time::Duration) -> Vec<&str> {
+        let horizon = SystemTime::now() + window;
+        self.keys
+            .iter()
+            .filter(|k| k.expires.is_some_and(|at| at <= horizon))
+            .map(Key::label)
+            .collect()
+    }
+
+    /// Logs a WARN naming the keys that expire within 7 days (at start-up
+    /// and on every reload), so that an operator hears of it in time.
+    pub fn warn_expiring(&self) {
+        let soon = self.expiring_within(std::time::Duration::from_secs(7 * 24 * 3600));
+        if !soon.is_empty() {
+            tracing::warn!(keys = ?soon, "keys expire within 7 days (or have expired)");
+        }
+    }
+
     /// The keys, in the order they were configured.
     pub fn keys(&self) -> &[Key] {
         &self.keys
@@ -261,6 +337,27 @@ impl KeySet {
                 None => Outcome::Invalid,
             },
             Err(rejected) => rejected,
+        }
+    }
+
+    /// [`KeySet::check`], then the key's expiry and scopes against the
+    /// request being authorised (`method` on `path`, normalised, no query):
+    /// `Expired` and `Forbidden` refine a `Valid`.
+    #[inline]
+    pub fn authorize(
+        &self,
+        headers: &HeaderMap,
+        token_header: &HeaderName,
+        method: &Method,
+        path: &str,
+    ) -> Outcome {
+        match self.check(headers, token_header) {
+            Outcome::Valid(id) => match self.keys.get(id.0) {
+                Some(key) if key.expired() => Outcome::Expired(id),
+                Some(key) if !key.allows(method, path) => Outcome::Forbidden(id),
+                _ => Outcome::Valid(id),
+            },
+            other => other,
         }
     }
 }

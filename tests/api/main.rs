@@ -10,6 +10,7 @@ mod support;
 
 mod auth;
 mod contract;
+mod forward_auth;
 mod fuzz;
 mod h2abuse;
 mod hostile;

@@ -453,3 +453,10 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A key set from key-file text (labels, scopes, expiry), as the server reads it.
+pub fn keys_from(text: &str) -> KeySet {
+    let mut set = KeySet::new();
+    tokengate::keys::file::parse_key_file(text, "test-keys", &mut set).unwrap();
+    set
+}
