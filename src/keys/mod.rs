@@ -1,6 +1,6 @@
 //! The key set: SHA-256 digests of the accepted tokens, the credential a
 //! request carries, and the check of one against the other. The key-file
-//! format and loading live in [`file`].
+//! format and loading live in [`mod@file`].
 //!
 //! # Why this is timing-safe
 //!
