@@ -15,6 +15,7 @@ use crate::head::{self, HeadProblem};
 use crate::keys::KeySet;
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics::{DroppedSource, Metrics};
+use crate::openapi;
 use crate::responses::{self, Body, Realm, Responses};
 use crate::routes::{
     Access, Compiled, Handler, Match, ROUTES, Route, RouteIndex, Router, RouterOptions,
@@ -42,6 +43,8 @@ pub struct AppConfig {
     pub trusted_proxies: TrustedProxies,
     /// `--forward-auth-throttle-status`: 403 (default) or 429.
     pub forward_auth_throttle_status: StatusCode,
+    /// Serve `/openapi.json` (`--openapi off` removes it).
+    pub openapi: bool,
 }
 
 impl Default for AppConfig {
@@ -56,6 +59,7 @@ impl Default for AppConfig {
             metrics: true,
             trusted_proxies: TrustedProxies::default(),
             forward_auth_throttle_status: StatusCode::FORBIDDEN,
+            openapi: true,
         }
     }
 }
@@ -117,12 +121,23 @@ impl App {
     ) -> Self {
         let labels = Router::labels(table);
         let metrics = Metrics::new(&labels, access_log_dropped);
+        let doc = config.openapi.then(|| {
+            openapi::document(
+                table,
+                openapi::DocOptions {
+                    token_header: config.token_header.as_str(),
+                    metrics_public: config.metrics_public,
+                    metrics_off: !config.metrics,
+                },
+            )
+        });
         App {
             router: Router::new(
                 table,
                 RouterOptions {
                     metrics_public: config.metrics_public,
                     metrics_off: !config.metrics,
+                    openapi: doc.as_ref(),
                 },
             ),
             guard: Guard::new(keys, config.token_header.clone(), config.throttle, &metrics),
@@ -310,7 +325,7 @@ impl App {
     #[inline]
     fn success(&self, route: &Compiled, head: bool) -> Response<Body> {
         match route.route.handler {
-            Handler::Message(_) | Handler::Health => route.ok.respond(head),
+            Handler::Message(_) | Handler::Health | Handler::OpenApi => route.ok.respond(head),
             Handler::Ready if self.lifecycle.phase() != Phase::Serving => {
                 self.responses.draining.respond(head)
             }

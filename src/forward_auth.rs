@@ -41,22 +41,44 @@ const REASON: HeaderName = HeaderName::from_static("x-tokengate-reason");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 /// The original request of `req`, served on `mount` (`/auth/verify`).
-/// `None` when its headers contradict themselves.
+/// `None` when its headers contradict themselves or one is malformed (every
+/// forwarding header present must be well-formed, even one that a header of
+/// higher precedence overrides: a malformed one means something is off).
 pub fn original<'a, B>(req: &'a Request<B>, mount: &str) -> Option<Original<'a>> {
     let headers = req.headers();
-    let method = match one_of(headers, &["x-forwarded-method", "x-original-method"])? {
-        Some(value) => Method::from_bytes(value.trim().as_bytes()).ok()?,
+    let forwarded_method = single(headers, "x-forwarded-method")?;
+    let original_method = single(headers, "x-original-method")?;
+    let forwarded_uri = single(headers, "x-forwarded-uri")?;
+    let original_uri = single(headers, "x-original-uri")?;
+    let original_url = single(headers, "x-original-url")?;
+    let url_path = match original_url {
+        Some(url) => Some(path_of_url(url)?),
+        None => None,
+    };
+    if ![forwarded_method, original_method]
+        .into_iter()
+        .flatten()
+        .all(is_method)
+    {
+        return None;
+    }
+    if ![forwarded_uri, original_uri, url_path]
+        .into_iter()
+        .flatten()
+        .all(is_target)
+    {
+        return None;
+    }
+    let method = match forwarded_method.or(original_method) {
+        Some(value) => Method::from_bytes(value.as_bytes()).ok()?,
         None => req.method().clone(),
     };
-    let target: &str = match one_of(headers, &["x-forwarded-uri", "x-original-uri"])? {
-        Some(uri) => uri,
-        None => match one_of(headers, &["x-original-url"])? {
-            Some(url) => path_of_url(url),
-            None => {
-                let rest = req.uri().path().strip_prefix(mount).unwrap_or("");
-                if rest.is_empty() { "/" } else { rest }
-            }
-        },
+    let target = match forwarded_uri.or(original_uri).or(url_path) {
+        Some(target) => target,
+        None => {
+            let rest = req.uri().path().strip_prefix(mount).unwrap_or("");
+            if rest.is_empty() { "/" } else { rest }
+        }
     };
     let path = target.split(['?', '#']).next().unwrap_or("");
     let path = if path.is_empty() { "/" } else { path };
@@ -66,26 +88,39 @@ pub fn original<'a, B>(req: &'a Request<B>, mount: &str) -> Option<Original<'a>>
     })
 }
 
-/// The value of the first of `names` present: `Some(None)` if none is,
-/// `None` if that one is present twice or is not text.
-fn one_of<'h>(headers: &'h HeaderMap, names: &[&str]) -> Option<Option<&'h str>> {
-    for name in names {
-        let mut values = headers.get_all(*name).iter();
-        match (values.next(), values.next()) {
-            (None, _) => continue,
-            (Some(v), None) => return v.to_str().ok().map(|s| Some(s.trim())),
-            (Some(_), Some(_)) => return None,
-        }
+/// The value of header `name`: `Some(None)` if absent, `None` if it is
+/// present twice or is not text.
+fn single<'h>(headers: &'h HeaderMap, name: &str) -> Option<Option<&'h str>> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Some(None),
+        (Some(v), None) => v.to_str().ok().map(|s| Some(s.trim())),
+        (Some(_), Some(_)) => None,
     }
-    Some(None)
 }
 
-/// `https://host/p?q` → `/p?q`; a path is returned as it is.
-fn path_of_url(url: &str) -> &str {
-    match url.split_once("://") {
-        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
-        None => url,
-    }
+/// Origin-form, visible ASCII only.
+fn is_target(target: &str) -> bool {
+    target.starts_with('/') && target.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A method as proxies send it: 1 to 32 upper-case letters.
+fn is_method(value: &str) -> bool {
+    (1..=32).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// `https://host/p?q` → `/p?q` (`/` without a path); `None` unless it is an
+/// absolute `http(s)` URL with a host.
+fn path_of_url(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let (authority, path) = match rest.find(['/', '?', '#']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], &rest[i..]),
+        Some(i) => (&rest[..i], "/"),
+        None => (rest, "/"),
+    };
+    (!authority.is_empty()).then_some(path)
 }
 
 /// The fixed answers of `/auth/verify`, built once.
@@ -183,11 +218,17 @@ mod tests {
         r.headers_mut()
             .append("x-forwarded-uri", HeaderValue::from_static("/b"));
         assert_eq!(orig(&r), None);
-        let r = req(
-            Method::GET,
-            "/auth/verify",
-            &[("x-forwarded-method", "GE T")],
-        );
-        assert_eq!(orig(&r), None);
+        for (name, value) in [
+            ("x-forwarded-method", "GE T"),
+            ("x-forwarded-method", "get"),
+            ("x-original-uri", "relative"),
+            ("x-original-uri", "/with space"),
+            ("x-original-url", "{}"),
+            ("x-original-url", "ftp://h/x"),
+            ("x-original-url", "https:///nohost"),
+        ] {
+            let r = req(Method::GET, "/auth/verify", &[(name, value)]);
+            assert_eq!(orig(&r), None, "{name}: {value}");
+        }
     }
 }

@@ -35,6 +35,7 @@ pub mod head;
 pub mod keys;
 pub mod lifecycle;
 pub mod metrics;
+pub mod openapi;
 pub mod reload;
 pub mod responses;
 pub mod routes;

@@ -41,6 +41,8 @@ pub enum Handler {
     /// Forward auth: decides on the original request a proxy describes in
     /// its headers (`crate::forward_auth`).
     ForwardAuth,
+    /// The OpenAPI document (`--openapi off` removes it).
+    OpenApi,
 }
 
 /// One row of the route table.
@@ -135,6 +137,14 @@ pub const ROUTES: &[Route] = &[
         handler: Handler::ForwardAuth,
         label: "auth_verify",
     },
+    Route {
+        path: "/openapi.json",
+        subtree: false,
+        methods: GET_HEAD,
+        access: Access::Public,
+        handler: Handler::OpenApi,
+        label: "openapi",
+    },
 ];
 
 /// The metric label of requests that matched no route (404s, redirects,
@@ -177,11 +187,13 @@ pub enum Match<'a> {
 
 /// Route options that come from the configuration.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RouterOptions {
+pub struct RouterOptions<'a> {
     /// `--metrics-public`.
     pub metrics_public: bool,
     /// `--metrics off` removes `/metrics`.
     pub metrics_off: bool,
+    /// The OpenAPI document; `None` (`--openapi off`) removes `/openapi.json`.
+    pub openapi: Option<&'a serde_json::Value>,
 }
 
 /// The compiled route table.
@@ -196,7 +208,11 @@ impl Router {
         let routes = table
             .iter()
             .enumerate()
-            .filter(|(_, r)| !(options.metrics_off && r.handler == Handler::Metrics))
+            .filter(|(_, r)| match r.handler {
+                Handler::Metrics => !options.metrics_off,
+                Handler::OpenApi => options.openapi.is_some(),
+                _ => true,
+            })
             .map(|(index, &route)| {
                 let access = match route.handler {
                     Handler::Metrics if options.metrics_public => Access::Public,
@@ -209,6 +225,10 @@ impl Router {
                     Handler::Metrics | Handler::ForwardAuth => {
                         Prebuilt::empty(http::StatusCode::OK)
                     }
+                    Handler::OpenApi => match options.openapi {
+                        Some(doc) => Prebuilt::json(http::StatusCode::OK, doc),
+                        None => Prebuilt::empty(http::StatusCode::NOT_FOUND),
+                    },
                 };
                 let allow = allow(route.methods);
                 Compiled {

@@ -93,6 +93,10 @@ pub struct Args {
     #[arg(long, env = "TOKENGATE_METRICS", value_enum, default_value_t = Switch::On)]
     pub metrics: Switch,
 
+    /// Serve the OpenAPI document at /openapi.json: on or off.
+    #[arg(long, env = "TOKENGATE_OPENAPI", value_enum, default_value_t = Switch::On)]
+    pub openapi: Switch,
+
     /// Write one access-log line per request to stdout.
     #[arg(long, env = "TOKENGATE_ACCESS_LOG")]
     pub access_log: bool,

@@ -99,6 +99,7 @@ impl Config {
             metrics_public: args.metrics_public,
             access_log: args.access_log,
             metrics: args.metrics == Switch::On,
+            openapi: args.openapi == Switch::On,
             trusted_proxies: TrustedProxies::parse(&args.trusted_proxies)
                 .map_err(ConfigError::TrustedProxies)?,
             forward_auth_throttle_status: match args.forward_auth_throttle_status {

@@ -346,3 +346,36 @@ async fn an_untrusted_peer_cannot_choose_its_address() {
         403
     );
 }
+
+#[tokio::test]
+async fn openapi_document_is_served_and_can_be_turned_off() {
+    let s = server().await;
+    for proto in BOTH {
+        let r = send(proto, s.addr, Method::GET, "/openapi.json", &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        for path in [
+            "/public",
+            "/protected",
+            "/auth/verify",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path}");
+        }
+        assert_eq!(
+            doc["components"]["securitySchemes"]["apiKey"]["name"],
+            "x-token"
+        );
+    }
+    let off = AppConfig {
+        openapi: false,
+        ..AppConfig::default()
+    };
+    let s = TestServer::with(keys_from(KEYS), off, Limits::default()).await;
+    let r = send(Proto::H1, s.addr, Method::GET, "/openapi.json", &[]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}

@@ -1,0 +1,261 @@
+//! `GET /openapi.json`: an OpenAPI 3.1 document of tokengate's routes, built
+//! once at start-up from the route table and the configuration (the token
+//! header, whether `/metrics` is public). FastAPI serves one by default;
+//! clients of the seed app expect it.
+
+use serde_json::{Map, Value, json};
+
+use crate::routes::{Access, Handler, Route};
+
+/// What the document depends on besides the route table.
+#[derive(Clone, Copy, Debug)]
+pub struct DocOptions<'a> {
+    /// The header that carries the key (`--token-header`).
+    pub token_header: &'a str,
+    /// `--metrics-public`.
+    pub metrics_public: bool,
+    /// `--metrics off`: no `/metrics`.
+    pub metrics_off: bool,
+}
+
+fn detail_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Detail"}}}
+    })
+}
+
+fn challenge_header() -> Value {
+    json!({"WWW-Authenticate": {
+        "description": "RFC 6750 challenge: Bearer realm=\"…\" (, error=\"invalid_token\" | \"insufficient_scope\")",
+        "schema": {"type": "string"}
+    }})
+}
+
+fn auth_errors(responses: &mut Map<String, Value>) {
+    let mut unauthorized = detail_response("No credential, a wrong one, or an expired key");
+    unauthorized["headers"] = challenge_header();
+    responses.insert("401".into(), unauthorized);
+    let mut forbidden = detail_response(
+        "A valid key whose scopes do not cover the request; on /auth/verify also a throttled client (x-tokengate-reason: throttled) or contradicting forwarded headers",
+    );
+    forbidden["headers"] = challenge_header();
+    responses.insert("403".into(), forbidden);
+    let mut throttled = detail_response("The client address is over its failed-credential limit");
+    throttled["headers"] =
+        json!({"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}});
+    responses.insert("429".into(), throttled);
+}
+
+/// The error statuses every operation may answer (head limits and rules).
+fn common_errors(responses: &mut Map<String, Value>) {
+    for (code, text) in [
+        (
+            "400",
+            "Missing or repeated Host, or a request target that is not origin-form",
+        ),
+        ("404", "Not found (a path that is no route)"),
+        ("414", "Request target over 8 KiB"),
+        ("431", "Request header fields over the limit"),
+    ] {
+        responses.insert(code.into(), detail_response(text));
+    }
+}
+
+fn success(handler: Handler) -> Value {
+    match handler {
+        Handler::Message(_) => json!({
+            "description": "The message",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Message"}}}
+        }),
+        Handler::Health | Handler::Ready => json!({
+            "description": "Status",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}
+        }),
+        Handler::Metrics => json!({
+            "description": "Prometheus / OpenMetrics text exposition",
+            "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}
+        }),
+        Handler::ForwardAuth => json!({
+            "description": "Allowed: the key covers the original request. Empty body.",
+            "headers": {
+                "x-auth-key-label": {"description": "The label of the accepted key", "required": true, "schema": {"type": "string"}},
+                "x-envoy-auth-headers-to-remove": {"description": "Headers Envoy strips before the upstream", "required": true, "schema": {"type": "string"}}
+            }
+        }),
+        Handler::OpenApi => json!({
+            "description": "This document",
+            "content": {"application/json": {"schema": {"type": "object"}}}
+        }),
+    }
+}
+
+fn forward_auth_parameters() -> Value {
+    let method = json!({"type": "string", "pattern": "^[A-Z]{1,32}$"});
+    let uri = json!({"type": "string", "pattern": "^/[!-~]*$"});
+    let url = json!({"type": "string", "pattern": "^https?://[a-z0-9.-]+(:[0-9]{1,5})?/[!-~]*$"});
+    json!([
+        {"name": "X-Forwarded-Method", "in": "header", "required": false, "schema": method, "description": "Original method (Traefik, Caddy)"},
+        {"name": "X-Original-Method", "in": "header", "required": false, "schema": method, "description": "Original method (nginx, HAProxy)"},
+        {"name": "X-Forwarded-Uri", "in": "header", "required": false, "schema": uri, "description": "Original path and query (Traefik, Caddy)"},
+        {"name": "X-Original-URI", "in": "header", "required": false, "schema": uri, "description": "Original path and query (nginx)"},
+        {"name": "X-Original-URL", "in": "header", "required": false, "schema": url, "description": "Original URL (some HAProxy setups)"}
+    ])
+}
+
+/// Builds the document.
+pub fn document(table: &[Route], options: DocOptions<'_>) -> Value {
+    let mut paths = Map::new();
+    for route in table {
+        if options.metrics_off && route.handler == Handler::Metrics {
+            continue;
+        }
+        let protected = match route.handler {
+            Handler::Metrics => !options.metrics_public,
+            Handler::ForwardAuth => true,
+            _ => route.access == Access::Protected,
+        };
+        let mut responses = Map::new();
+        responses.insert("200".into(), success(route.handler));
+        if route.handler == Handler::Ready {
+            responses.insert(
+                "503".into(),
+                json!({"description": "Shutting down: {\"status\":\"draining\"}",
+                       "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}}),
+            );
+        }
+        if protected {
+            auth_errors(&mut responses);
+        }
+        common_errors(&mut responses);
+        let mut operation = json!({
+            "summary": summary(route.handler),
+            "operationId": route.label,
+            "responses": responses,
+        });
+        if protected {
+            operation["security"] = json!([{"apiKey": []}, {"bearer": []}]);
+        }
+        if route.handler == Handler::ForwardAuth {
+            operation["parameters"] = forward_auth_parameters();
+        }
+        let methods: Vec<&str> = if route.methods.is_empty() {
+            vec!["get", "head", "post", "put", "patch", "delete", "options"]
+        } else {
+            route
+                .methods
+                .iter()
+                .map(|m| method_key(m.as_str()))
+                .collect()
+        };
+        let mut item = Map::new();
+        for m in methods {
+            let mut op = operation.clone();
+            op["operationId"] = json!(format!("{}_{m}", route.label));
+            if m == "head" {
+                // HEAD answers carry no body.
+                strip_content(&mut op);
+            }
+            item.insert(m.into(), op);
+        }
+        paths.insert(route.path.into(), Value::Object(item.clone()));
+        if route.subtree {
+            for op in item.values_mut() {
+                let params = op["parameters"].as_array().cloned().unwrap_or_default();
+                let mut params = params;
+                params.push(json!({"name": "original_path", "in": "path", "required": true,
+                                   "schema": {"type": "string"},
+                                   "description": "The original path, appended (Envoy path_prefix)"}));
+                op["parameters"] = Value::Array(params);
+                if let Some(id) = op["operationId"].as_str() {
+                    op["operationId"] = json!(format!("{id}_subtree"));
+                }
+            }
+            paths.insert(
+                format!("{}/{{original_path}}", route.path),
+                Value::Object(item),
+            );
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tokengate",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "A token-protected HTTP server and forward-auth endpoint. Every error body is {\"detail\": \"...\"}."
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": options.token_header},
+                "bearer": {"type": "http", "scheme": "bearer"}
+            },
+            "schemas": {
+                "Message": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}, "additionalProperties": false},
+                "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string", "enum": ["ok", "ready", "draining"]}}, "additionalProperties": false},
+                "Detail": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}, "additionalProperties": false}
+            }
+        }
+    })
+}
+
+fn strip_content(op: &mut Value) {
+    if let Some(responses) = op["responses"].as_object_mut() {
+        for r in responses.values_mut() {
+            if let Some(r) = r.as_object_mut() {
+                r.remove("content");
+            }
+        }
+    }
+}
+
+fn method_key(m: &str) -> &'static str {
+    match m {
+        "GET" => "get",
+        "HEAD" => "head",
+        "POST" => "post",
+        "PUT" => "put",
+        "DELETE" => "delete",
+        "PATCH" => "patch",
+        _ => "options",
+    }
+}
+
+fn summary(handler: Handler) -> &'static str {
+    match handler {
+        Handler::Message(_) => "A message (the FastAPI contract)",
+        Handler::Health => "Liveness",
+        Handler::Ready => "Readiness",
+        Handler::Metrics => "Prometheus metrics",
+        Handler::ForwardAuth => "Forward auth: may the original request pass?",
+        Handler::OpenApi => "This OpenAPI document",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::ROUTES;
+
+    #[test]
+    fn every_route_is_described() {
+        let doc = document(
+            ROUTES,
+            DocOptions {
+                token_header: "x-token",
+                metrics_public: false,
+                metrics_off: false,
+            },
+        );
+        for route in ROUTES {
+            assert!(doc["paths"][route.path].is_object(), "{}", route.path);
+        }
+        assert!(doc["paths"]["/auth/verify/{original_path}"]["post"].is_object());
+        assert_eq!(
+            doc["components"]["securitySchemes"]["apiKey"]["name"],
+            "x-token"
+        );
+        assert!(doc["paths"]["/protected"]["get"]["security"].is_array());
+        assert!(doc["paths"]["/public"]["get"]["security"].is_null());
+    }
+}
