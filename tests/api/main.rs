@@ -16,6 +16,7 @@ mod h2abuse;
 mod hostile;
 mod lifecycle;
 mod ops;
+mod proxies;
 mod raw;
 mod ready;
 mod secrets;
