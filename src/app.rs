@@ -299,15 +299,11 @@ impl App {
             metrics,
         );
         answer.response = match decided.outcome {
-            Outcome::Valid(_) => {
-                let mut response = self.forward.allow.respond(head);
-                if let Some(key) = decided.key() {
-                    response
-                        .headers_mut()
-                        .insert(forward_auth::KEY_LABEL, key.label_value().clone());
-                }
-                response
-            }
+            Outcome::Valid(_) => match decided.key() {
+                Some(key) => self.forward.allow(key, head),
+                // A valid outcome always names a key of the set that decided.
+                None => self.forward.unknowable.respond(head),
+            },
             Outcome::Throttled(wait) => {
                 responses::with_retry_after(self.forward.throttled.respond(head), wait)
             }

@@ -19,10 +19,12 @@
 
 use std::borrow::Cow;
 
-use http::header::CACHE_CONTROL;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 
-use crate::responses::{self, Prebuilt};
+use crate::keys::Key;
+use crate::responses::{self, Body, Prebuilt};
 use crate::routes::normalize;
 
 /// The request a proxy asks about.
@@ -45,35 +47,30 @@ const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 /// forwarding header present must be well-formed, even one that a header of
 /// higher precedence overrides: a malformed one means something is off).
 pub fn original<'a, B>(req: &'a Request<B>, mount: &str) -> Option<Original<'a>> {
-    let headers = req.headers();
-    let forwarded_method = single(headers, "x-forwarded-method")?;
-    let original_method = single(headers, "x-original-method")?;
-    let forwarded_uri = single(headers, "x-forwarded-uri")?;
-    let original_uri = single(headers, "x-original-uri")?;
-    let original_url = single(headers, "x-original-url")?;
-    let url_path = match original_url {
+    let found = Forwarded::scan(req.headers())?;
+    let url_path = match found.original_url {
         Some(url) => Some(path_of_url(url)?),
         None => None,
     };
-    if ![forwarded_method, original_method]
+    if ![found.forwarded_method, found.original_method]
         .into_iter()
         .flatten()
         .all(is_method)
     {
         return None;
     }
-    if ![forwarded_uri, original_uri, url_path]
+    if ![found.forwarded_uri, found.original_uri, url_path]
         .into_iter()
         .flatten()
         .all(is_target)
     {
         return None;
     }
-    let method = match forwarded_method.or(original_method) {
+    let method = match found.forwarded_method.or(found.original_method) {
         Some(value) => Method::from_bytes(value.as_bytes()).ok()?,
         None => req.method().clone(),
     };
-    let target = match forwarded_uri.or(original_uri).or(url_path) {
+    let target = match found.forwarded_uri.or(found.original_uri).or(url_path) {
         Some(target) => target,
         None => {
             let rest = req.uri().path().strip_prefix(mount).unwrap_or("");
@@ -88,14 +85,48 @@ pub fn original<'a, B>(req: &'a Request<B>, mount: &str) -> Option<Original<'a>>
     })
 }
 
-/// The value of header `name`: `Some(None)` if absent, `None` if it is
-/// present twice or is not text.
-fn single<'h>(headers: &'h HeaderMap, name: &str) -> Option<Option<&'h str>> {
-    let mut values = headers.get_all(name).iter();
-    match (values.next(), values.next()) {
-        (None, _) => Some(None),
-        (Some(v), None) => v.to_str().ok().map(|s| Some(s.trim())),
-        (Some(_), Some(_)) => None,
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+const X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
+
+/// The forwarding headers of a request, each present at most once.
+#[derive(Default)]
+struct Forwarded<'h> {
+    forwarded_method: Option<&'h str>,
+    original_method: Option<&'h str>,
+    forwarded_uri: Option<&'h str>,
+    original_uri: Option<&'h str>,
+    original_url: Option<&'h str>,
+}
+
+impl<'h> Forwarded<'h> {
+    /// One pass over the headers (cheaper than five map lookups, which
+    /// would each parse and hash a name); `None` if one is repeated or is
+    /// not text.
+    fn scan(headers: &'h HeaderMap) -> Option<Self> {
+        let mut found = Forwarded::default();
+        for (name, value) in headers {
+            let slot = if *name == X_FORWARDED_METHOD {
+                &mut found.forwarded_method
+            } else if *name == X_ORIGINAL_METHOD {
+                &mut found.original_method
+            } else if *name == X_FORWARDED_URI {
+                &mut found.forwarded_uri
+            } else if *name == X_ORIGINAL_URI {
+                &mut found.original_uri
+            } else if *name == X_ORIGINAL_URL {
+                &mut found.original_url
+            } else {
+                continue;
+            };
+            if slot.is_some() {
+                return None;
+            }
+            *slot = Some(value.to_str().ok()?.trim());
+        }
+        Some(found)
     }
 }
 
@@ -126,9 +157,9 @@ fn path_of_url(url: &str) -> Option<&str> {
 /// The fixed answers of `/auth/verify`, built once.
 #[derive(Clone, Debug)]
 pub struct Answers {
-    /// 200, empty, with `cache-control` and Envoy's removal list; the key's
-    /// label is added per request.
-    pub allow: Prebuilt,
+    /// The headers of a 200: `cache-control` and Envoy's removal list; the
+    /// key's label is added once per key ([`Answers::allow`]).
+    allow: HeaderMap,
     /// Throttled: 403 (or 429 with `--forward-auth-throttle-status 429`)
     /// with `x-tokengate-reason: throttled`; `retry-after` added per request.
     pub throttled: Prebuilt,
@@ -147,9 +178,7 @@ impl Answers {
             responses::detail(StatusCode::FORBIDDEN, "Forbidden")
         };
         Answers {
-            allow: Prebuilt::empty(StatusCode::OK)
-                .header(CACHE_CONTROL, NO_STORE)
-                .header(ENVOY_REMOVE, remove),
+            allow: HeaderMap::from_iter([(CACHE_CONTROL, NO_STORE), (ENVOY_REMOVE, remove)]),
             throttled: throttled
                 .header(CACHE_CONTROL, NO_STORE)
                 .header(REASON, HeaderValue::from_static("throttled")),
@@ -157,6 +186,27 @@ impl Answers {
                 .header(CACHE_CONTROL, NO_STORE)
                 .header(REASON, HeaderValue::from_static("bad-original-request")),
         }
+    }
+}
+
+impl Answers {
+    /// 200 with an empty body, naming `key` in `x-auth-key-label`.
+    #[inline]
+    pub fn allow(&self, key: &Key, head: bool) -> Response<Body> {
+        let headers = key.allow_headers(|key| {
+            let mut headers = self.allow.clone();
+            headers.insert(KEY_LABEL, key.label_value().clone());
+            headers
+        });
+        let mut response = Response::new(Body::new(Bytes::new()));
+        *response.headers_mut() = headers.clone();
+        if head {
+            // The length of the (empty) GET body.
+            response
+                .headers_mut()
+                .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
+        response
     }
 }
 

@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::header::AUTHORIZATION;
 use std::time::SystemTime;
@@ -142,6 +142,10 @@ pub struct Key {
     source: KeySource,
     scopes: Box<[Scope]>,
     expires: Option<SystemTime>,
+    /// The headers of a forward-auth "allow" naming this key, built on first
+    /// use (`crate::forward_auth`): a request then clones a map instead of
+    /// hashing three header names.
+    allow_headers: OnceLock<HeaderMap>,
 }
 
 impl Key {
@@ -157,7 +161,14 @@ impl Key {
             source,
             scopes: Box::default(),
             expires: None,
+            allow_headers: OnceLock::new(),
         }
+    }
+
+    /// The key's forward-auth "allow" headers, built by `build` the first time.
+    #[inline]
+    pub fn allow_headers(&self, build: impl FnOnce(&Key) -> HeaderMap) -> &HeaderMap {
+        self.allow_headers.get_or_init(|| build(self))
     }
 
     /// Limits the key to these scopes (alternatives; none means everything).
