@@ -9,8 +9,11 @@
 
 use std::net::IpAddr;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// `--trusted-proxies`: the networks whose forwarding headers are believed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -60,13 +63,11 @@ impl TrustedProxies {
 
     #[cold]
     fn forwarded(&self, headers: &HeaderMap) -> Option<IpAddr> {
-        // Every X-Forwarded-For field, in order; entries right to left.
-        let fields: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        for field in fields.iter().rev() {
+        // Every X-Forwarded-For field, last first; entries right to left.
+        for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+            let Ok(field) = value.to_str() else {
+                return None;
+            };
             for entry in field.rsplit(',') {
                 match parse_entry(entry) {
                     Some(ip) if self.contains(ip) => continue,
@@ -76,7 +77,7 @@ impl TrustedProxies {
                 }
             }
         }
-        let mut real = headers.get_all("x-real-ip").iter();
+        let mut real = headers.get_all(X_REAL_IP).iter();
         match (real.next(), real.next()) {
             (Some(v), None) => v.to_str().ok().and_then(parse_entry).map(canonical),
             _ => None,
