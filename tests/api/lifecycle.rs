@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::support::{Spawned, TempDir, command, raw, read_to_close, statuses, wait_until};
+use crate::support::{Spawned, TempDir, command, raw, read_to_close, statuses};
 
 #[tokio::test]
 async fn request_in_flight_at_sigterm_completes() {
@@ -29,14 +29,7 @@ async fn request_in_flight_at_sigterm_completes() {
     server.signal("-TERM");
     // The drain has begun (a connection still on its first request gets a
     // grace from here): complete the request.
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            server.log().contains("draining connections")
-        })
-        .await,
-        "{}",
-        server.log()
-    );
+    server.wait_for_log("draining connections").await;
     conn.write_all(b"ttoken\r\n\r\n").await.unwrap();
     let transcript = read_to_close(&mut conn).await;
     assert_eq!(statuses(&transcript), [200], "{transcript}");

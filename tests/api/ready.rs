@@ -87,14 +87,7 @@ async fn second_signal_during_the_delay_exits_at_once() {
     assert!(n > 0);
 
     server.signal("-TERM");
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            server.log().contains("shutdown delay")
-        })
-        .await,
-        "{}",
-        server.log()
-    );
+    server.wait_for_log("shutdown delay").await;
     server.signal("-TERM");
     // `wait` allows 30 s, far less than the 120 s delay.
     let status = server.wait().await;
@@ -129,14 +122,7 @@ async fn second_signal_during_the_drain_exits_at_once() {
     assert_eq!(answered, Ok(true), "the response head never came");
 
     server.signal("-INT");
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            server.log().contains("draining connections")
-        })
-        .await,
-        "{}",
-        server.log()
-    );
+    server.wait_for_log("draining connections").await;
     server.signal("-INT");
     // `wait` allows 30 s, far less than the 120 s drain deadline.
     let status = server.wait().await;

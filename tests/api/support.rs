@@ -282,6 +282,19 @@ impl Spawned {
             .unwrap()
     }
 
+    /// Waits (up to 15 s) until the log contains `needle`; panics with the log if it never does.
+    pub async fn wait_for_log(&self, needle: &str) {
+        let seen = wait_until(Duration::from_secs(15), || async {
+            self.log().contains(needle)
+        })
+        .await;
+        assert!(
+            seen,
+            "{needle:?} never appeared in the log:\n{}",
+            self.log()
+        );
+    }
+
     /// The log so far (the process may still be writing).
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()

@@ -9,9 +9,7 @@ use tokengate::throttle::ThrottleConfig;
 use tokengate::{AppConfig, Limits};
 use tokio::net::TcpStream;
 
-use crate::support::{
-    KEY, Spawned, TestServer, keys, raw, raw_from, request, statuses, wait_until,
-};
+use crate::support::{KEY, Spawned, TestServer, keys, raw, raw_from, request, statuses};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -157,14 +155,7 @@ async fn fd_exhaustion_backs_off_and_recovers() {
         held.push(TcpStream::connect(server.addr).await.unwrap());
     }
     // Wait for the server to hit EMFILE, then measure its CPU while it is stuck there.
-    assert!(
-        wait_until(Duration::from_secs(15), || async {
-            server.log().contains("accept failed")
-        })
-        .await,
-        "{}",
-        server.log()
-    );
+    server.wait_for_log("accept failed").await;
     let t0 = server.cpu_ticks();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let used = server.cpu_ticks() - t0;
