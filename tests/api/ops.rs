@@ -166,6 +166,8 @@ async fn access_lines(format: &str) -> Vec<String> {
             "--access-log",
             "--log-format",
             format,
+            "--trusted-proxies",
+            "127.0.0.1",
         ],
         &[("TOKENGATE_TOKEN", "access-key-1")],
     );
@@ -178,6 +180,17 @@ async fn access_lines(format: &str) -> Vec<String> {
     )
     .await;
     raw(addr, &request("GET", "/protected", Some("wrong-key-2"), "")).await;
+    // Forward auth from a trusted proxy: the original request and the client are logged.
+    raw(
+        addr,
+        &request(
+            "GET",
+            "/auth/verify",
+            Some("access-key-1"),
+            "X-Original-Method: DELETE\r\nX-Original-URI: /reports/9?secret-query=2\r\nX-Forwarded-For: 198.51.100.7\r\n",
+        ),
+    )
+    .await;
     let out = terminate(child).await;
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -188,7 +201,7 @@ async fn access_lines(format: &str) -> Vec<String> {
 #[tokio::test]
 async fn access_log_text_and_json() {
     let text = access_lines("text").await;
-    assert_eq!(text.len(), 3, "{text:#?}");
+    assert_eq!(text.len(), 4, "{text:#?}");
     assert!(
         text[0].contains("method=GET")
             && text[0].contains("path=/public")
@@ -207,6 +220,16 @@ async fn access_log_text_and_json() {
         text[1]
     );
     assert!(text[2].contains("status=401"));
+    assert!(
+        text[3].contains("original_method=DELETE")
+            && text[3].contains("original_path=/reports/9")
+            && text[3].contains("client=198.51.100.7")
+            && text[3].contains("path=/auth/verify")
+            && text[3].contains("status=200"),
+        "{}",
+        text[3]
+    );
+    assert!(text[0].contains("original_path=-"), "{}", text[0]);
     for line in &text {
         assert!(
             !line.contains("secret-query")
@@ -217,7 +240,7 @@ async fn access_log_text_and_json() {
     }
 
     let json = access_lines("json").await;
-    assert_eq!(json.len(), 3, "{json:#?}");
+    assert_eq!(json.len(), 4, "{json:#?}");
     let first: serde_json::Value = serde_json::from_str(&json[0]).unwrap();
     let fields = &first["fields"];
     assert_eq!(fields["method"], "GET");
