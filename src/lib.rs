@@ -30,6 +30,7 @@ pub mod app;
 pub mod client;
 pub mod config;
 pub mod forward_auth;
+pub mod gateway;
 pub mod guard;
 pub mod head;
 pub mod keys;

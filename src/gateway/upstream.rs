@@ -1,0 +1,141 @@
+//! `--upstream URL`: where the gateway sends requests, and the target each
+//! one gets there — the URL's path prefix, then the client's path and query
+//! byte for byte (no decoding, no re-encoding).
+
+use http::Uri;
+use http::uri::{Authority, PathAndQuery, Scheme};
+
+/// A validated `--upstream`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    scheme: Scheme,
+    authority: Authority,
+    /// The path prefix without a trailing `/` (empty for none).
+    prefix: String,
+}
+
+/// Why `--upstream` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// Not a URL at all.
+    #[error("{0:?} is not a URL like http://127.0.0.1:9000 or https://api.internal/v1")]
+    NotAUrl(String),
+    /// Another scheme than `http` or `https`.
+    #[error("{0:?}: the scheme must be http or https")]
+    Scheme(String),
+    /// No host.
+    #[error("{0:?}: the URL has no host")]
+    NoHost(String),
+    /// A query or fragment, which would be sent with every request.
+    #[error("{0:?}: the URL may have a path prefix but no query or fragment")]
+    Query(String),
+    /// User information (`user:password@`) is never sent by a proxy.
+    #[error("{0:?}: credentials in the URL are not supported; the upstream gets the client's own")]
+    UserInfo(String),
+}
+
+impl Upstream {
+    /// Parses `http(s)://host[:port][/prefix]`.
+    pub fn parse(url: &str) -> Result<Self, UpstreamError> {
+        if url.contains('#') || url.contains('?') {
+            return Err(UpstreamError::Query(url.to_owned()));
+        }
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| UpstreamError::NotAUrl(url.to_owned()))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| UpstreamError::NotAUrl(url.to_owned()))?;
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(UpstreamError::Scheme(url.to_owned()));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| UpstreamError::NoHost(url.to_owned()))?;
+        if authority.as_str().contains('@') {
+            return Err(UpstreamError::UserInfo(url.to_owned()));
+        }
+        if authority.host().is_empty() {
+            return Err(UpstreamError::NoHost(url.to_owned()));
+        }
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+        Ok(Upstream {
+            scheme,
+            authority,
+            prefix,
+        })
+    }
+
+    /// Whether the upstream is reached over TLS.
+    pub fn is_https(&self) -> bool {
+        self.scheme == Scheme::HTTPS
+    }
+
+    /// The upstream's host and port.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The absolute URI for a client's request target (`/path?query`,
+    /// origin-form): the prefix, then the target as the client sent it.
+    pub fn uri_for(&self, target: &PathAndQuery) -> Uri {
+        let path_and_query = if self.prefix.is_empty() {
+            target.clone()
+        } else {
+            // The prefix is validated URI text and the target came from a
+            // parsed request line: their concatenation parses.
+            format!("{}{}", self.prefix, target.as_str())
+                .parse()
+                .unwrap_or_else(|_| target.clone())
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn pq(s: &str) -> PathAndQuery {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn targets_are_forwarded_byte_for_byte() {
+        let u = Upstream::parse("http://127.0.0.1:9000").unwrap();
+        assert!(!u.is_https());
+        assert_eq!(
+            u.uri_for(&pq("/a%2Fb/%7e?x=%20&y")).to_string(),
+            "http://127.0.0.1:9000/a%2Fb/%7e?x=%20&y"
+        );
+        let u = Upstream::parse("https://api.internal/v1/").unwrap();
+        assert!(u.is_https());
+        assert_eq!(u.authority().as_str(), "api.internal");
+        assert_eq!(
+            u.uri_for(&pq("/orders?id=7")).to_string(),
+            "https://api.internal/v1/orders?id=7"
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        for (url, want) in [
+            ("127.0.0.1:9000", "not a URL"),
+            ("ftp://h/x", "scheme"),
+            ("http://h/x?y=1", "query"),
+            ("http://user:pw@h/", "credentials"),
+            ("nonsense", "not a URL"),
+        ] {
+            let e = Upstream::parse(url).unwrap_err().to_string();
+            assert!(e.contains(want), "{url}: {e}");
+        }
+    }
+}
