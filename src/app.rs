@@ -7,9 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderName, Method, Request, Response, StatusCode};
+use http_body_util::Either;
+use hyper::body::Incoming;
 
 use crate::client::TrustedProxies;
 use crate::forward_auth::{self, Original};
+use crate::gateway::GatewayConfig;
+use crate::gateway::proxy::{Forward, Gateway, ServiceBody};
 use crate::guard::{Guard, Outcome};
 use crate::head::{self, HeadProblem};
 use crate::keys::KeySet;
@@ -45,6 +49,8 @@ pub struct AppConfig {
     pub forward_auth_throttle_status: StatusCode,
     /// Serve `/openapi.json` (`--openapi off` removes it).
     pub openapi: bool,
+    /// Gateway mode (`--upstream`): pass requests on to this service.
+    pub gateway: Option<GatewayConfig>,
 }
 
 impl Default for AppConfig {
@@ -60,6 +66,7 @@ impl Default for AppConfig {
             trusted_proxies: TrustedProxies::default(),
             forward_auth_throttle_status: StatusCode::FORBIDDEN,
             openapi: true,
+            gateway: None,
         }
     }
 }
@@ -79,6 +86,14 @@ pub struct Answer<'a> {
     pub original: Option<Original<'a>>,
 }
 
+/// What happens to a request in gateway mode.
+pub enum Step {
+    /// tokengate answers it (an admin route, a head problem, a denial).
+    Respond(Response<Body>),
+    /// It goes to the upstream.
+    Forward(Forward),
+}
+
 /// The application: route table, guard and prebuilt responses.
 pub struct App {
     router: Router,
@@ -86,6 +101,8 @@ pub struct App {
     responses: Responses,
     forward: forward_auth::Answers,
     trusted: TrustedProxies,
+    gateway: Option<Gateway>,
+    token_header: HeaderName,
     metrics: Metrics,
     lifecycle: Arc<Lifecycle>,
     max_header_bytes: usize,
@@ -138,6 +155,7 @@ impl App {
                     metrics_public: config.metrics_public,
                     metrics_off: !config.metrics,
                     openapi: doc.as_ref(),
+                    gateway: config.gateway.is_some(),
                 },
             ),
             guard: Guard::new(keys, config.token_header.clone(), config.throttle, &metrics),
@@ -147,6 +165,8 @@ impl App {
                 config.forward_auth_throttle_status,
             ),
             trusted: config.trusted_proxies.clone(),
+            gateway: config.gateway.as_ref().map(Gateway::new),
+            token_header: config.token_header.clone(),
             metrics,
             lifecycle: Arc::default(),
             max_header_bytes: config.max_header_bytes,
@@ -175,6 +195,62 @@ impl App {
     /// The server's phase (`/readyz` reads it; the server advances it).
     pub fn lifecycle(&self) -> Arc<Lifecycle> {
         self.lifecycle.clone()
+    }
+
+    /// Whether requests that match no route of tokengate's go upstream.
+    pub fn is_gateway(&self) -> bool {
+        self.gateway.is_some()
+    }
+
+    /// Gateway mode: answer here (admin routes, head problems, denials —
+    /// which never reach the upstream) or pass on.
+    pub fn gateway_step<B>(&self, req: &Request<B>, peer: IpAddr, tls: bool) -> Step {
+        let Some(gateway) = &self.gateway else {
+            return Step::Respond(self.handle(req, peer));
+        };
+        if head::check(req, self.max_header_bytes).is_err()
+            || matches!(self.router.find(req), Match::Route(_))
+        {
+            return Step::Respond(self.handle(req, peer));
+        }
+        let start = Instant::now();
+        let head = req.method() == Method::HEAD;
+        let client = self.trusted.client(peer, req.headers());
+        let path = crate::routes::normalize(req.uri().path());
+        let forward = |key_label| Forward {
+            peer,
+            peer_trusted: self.trusted.contains(peer),
+            proto: if tls { "https" } else { "http" },
+            key_label,
+        };
+        if gateway.is_public(req.method(), &path) {
+            return Step::Forward(forward(None));
+        }
+        let metrics = self.metrics_on.then_some(&self.metrics);
+        let decided = self
+            .guard
+            .check(req.headers(), client, req.method(), &path, metrics);
+        match self.denial(&decided.outcome, head) {
+            Some(response) => {
+                if self.metrics_on {
+                    self.metrics
+                        .record(self.other, response.status(), start.elapsed());
+                }
+                Step::Respond(response)
+            }
+            None => Step::Forward(forward(decided.key().map(|k| k.label_value().clone()))),
+        }
+    }
+
+    /// Gateway mode: passes `req` on and streams the answer back.
+    pub async fn forward(&self, req: Request<Incoming>, forward: Forward) -> Response<ServiceBody> {
+        let Some(gateway) = &self.gateway else {
+            return self.responses.not_found.respond(false).map(Either::Left);
+        };
+        let metrics = self.metrics_on.then_some(&self.metrics);
+        gateway
+            .forward(req, forward, &self.token_header, &self.responses, metrics)
+            .await
     }
 
     /// `--max-header-bytes`.

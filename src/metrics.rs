@@ -39,7 +39,9 @@ const STATUSES: &[(u16, &str)] = &[
     (414, "414"),
     (429, "429"),
     (431, "431"),
+    (502, "502"),
     (503, "503"),
+    (504, "504"),
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -91,6 +93,27 @@ struct VersionLabel {
     version: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// Why a request to the upstream failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// Refused or unreachable (502).
+    Connect,
+    /// No response head within `--upstream-timeout` (504).
+    Timeout,
+    /// Any other failure of the exchange (502).
+    Other,
+}
+
 /// How a connection's protocol is counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -116,6 +139,9 @@ pub struct Metrics {
     throttled: Counter,
     /// `tokengate_key_expiry_timestamp_seconds{key}`, per key with `expires=`.
     key_expiry: Family<KeyLabel, Gauge>,
+    upstream_requests: Family<StatusLabel, Counter>,
+    upstream_errors: [Counter; 3],
+    upstream_duration: Histogram,
     open_connections: Gauge,
     accepted: [Counter; 3],
     reloads_ok: Counter,
@@ -203,6 +229,28 @@ impl Metrics {
             outcome("forbidden"),
             outcome("throttled"),
         );
+        let upstream_requests = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "upstream_requests",
+            "Requests the gateway passed on, by the upstream's status",
+            upstream_requests.clone(),
+        );
+        let upstream_errors_family = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Requests the upstream did not answer, by kind (connect, timeout, other)",
+            upstream_errors_family.clone(),
+        );
+        let upstream_errors = ["connect", "timeout", "other"]
+            .map(|kind| upstream_errors_family.get_or_create_owned(&KindLabel { kind }));
+        let upstream_duration = Histogram::new([
+            0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10.0,
+        ]);
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending a request upstream to its response head (or failure)",
+            upstream_duration.clone(),
+        );
         let key_expiry = Family::<KeyLabel, Gauge>::default();
         registry.register(
             "key_expiry_timestamp_seconds",
@@ -263,6 +311,9 @@ impl Metrics {
             forbidden,
             throttled,
             key_expiry,
+            upstream_requests,
+            upstream_errors,
+            upstream_duration,
             open_connections,
             accepted,
             reloads_ok,
@@ -327,6 +378,22 @@ impl Metrics {
             Outcome::Throttled(_) => &self.throttled,
         };
         counter.inc();
+    }
+
+    /// The upstream answered with `status` after `elapsed`.
+    pub fn upstream_answered(&self, status: StatusCode, elapsed: Duration) {
+        self.upstream_requests
+            .get_or_create(&StatusLabel {
+                status: status.as_u16(),
+            })
+            .inc();
+        self.upstream_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// The upstream did not answer.
+    pub fn upstream_failed(&self, kind: UpstreamError, elapsed: Duration) {
+        self.upstream_errors[kind as usize].inc();
+        self.upstream_duration.observe(elapsed.as_secs_f64());
     }
 
     /// A connection opened.

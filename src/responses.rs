@@ -177,6 +177,10 @@ pub struct Responses {
     pub draining: Prebuilt,
     /// 405 to `CONNECT`: no route tunnels.
     pub connect_not_allowed: Prebuilt,
+    /// 502: the upstream refused, was unreachable or broke the exchange.
+    pub bad_gateway: Prebuilt,
+    /// 504: no response head from the upstream within `--upstream-timeout`.
+    pub gateway_timeout: Prebuilt,
     /// 403 for a valid key whose scopes do not cover the request
     /// (`error="insufficient_scope"`, RFC 6750 §3.1).
     pub forbidden: Prebuilt,
@@ -206,6 +210,8 @@ impl Responses {
             uri_too_long: detail(StatusCode::URI_TOO_LONG, "URI Too Long"),
             draining: status(StatusCode::SERVICE_UNAVAILABLE, "draining"),
             connect_not_allowed: method_not_allowed(HeaderValue::from_static("GET, HEAD, OPTIONS")),
+            bad_gateway: detail(StatusCode::BAD_GATEWAY, "Bad Gateway"),
+            gateway_timeout: detail(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout"),
             forbidden: detail(StatusCode::FORBIDDEN, "Forbidden")
                 .header(CACHE_CONTROL, NO_STORE)
                 .header(

@@ -194,6 +194,9 @@ pub struct RouterOptions<'a> {
     pub metrics_off: bool,
     /// The OpenAPI document; `None` (`--openapi off`) removes `/openapi.json`.
     pub openapi: Option<&'a serde_json::Value>,
+    /// Gateway mode: the upstream owns the path space, so the contract routes
+    /// (`/public`, `/protected`) are not served by tokengate.
+    pub gateway: bool,
 }
 
 /// The compiled route table.
@@ -211,6 +214,7 @@ impl Router {
             .filter(|(_, r)| match r.handler {
                 Handler::Metrics => !options.metrics_off,
                 Handler::OpenApi => options.openapi.is_some(),
+                Handler::Message(_) => !options.gateway,
                 _ => true,
             })
             .map(|(index, &route)| {

@@ -93,6 +93,47 @@ pub struct Args {
     #[arg(long, env = "TOKENGATE_METRICS", value_enum, default_value_t = Switch::On)]
     pub metrics: Switch,
 
+    /// Gateway mode: pass every request that is not tokengate's own on to this
+    /// service (http:// or https://, with an optional path prefix).
+    #[arg(long, env = "TOKENGATE_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<String>,
+
+    /// Gateway mode: the Host the upstream gets (default: the client's).
+    #[arg(
+        long,
+        env = "TOKENGATE_UPSTREAM_HOST",
+        value_name = "HOST",
+        requires = "upstream"
+    )]
+    pub upstream_host: Option<String>,
+
+    /// Gateway mode: how long to wait for the upstream's response head (504 past it).
+    #[arg(long, env = "TOKENGATE_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub upstream_timeout: Duration,
+
+    /// Gateway mode: PEM CA certificate(s) trusted for an https:// upstream, besides the webpki roots.
+    #[arg(
+        long,
+        env = "TOKENGATE_UPSTREAM_CA",
+        value_name = "PEM",
+        requires = "upstream"
+    )]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// Gateway mode: speak HTTP/2 to the upstream (ALPN over TLS, prior knowledge over cleartext).
+    #[arg(long, env = "TOKENGATE_UPSTREAM_HTTP2", requires = "upstream")]
+    pub upstream_http2: bool,
+
+    /// Gateway mode: a path passed on without a key, `[METHODS:]PATTERN` (repeatable).
+    #[arg(
+        long = "public",
+        env = "TOKENGATE_PUBLIC",
+        value_delimiter = ' ',
+        value_name = "RULE",
+        requires = "upstream"
+    )]
+    pub public: Vec<String>,
+
     /// Serve the OpenAPI document at /openapi.json: on or off.
     #[arg(long, env = "TOKENGATE_OPENAPI", value_enum, default_value_t = Switch::On)]
     pub openapi: Switch,

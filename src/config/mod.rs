@@ -19,6 +19,9 @@ pub use args::{
 
 use crate::app::AppConfig;
 use crate::client::{BadNetwork, TrustedProxies};
+use crate::gateway::upstream::{Upstream, UpstreamError};
+use crate::gateway::{CaError, GatewayConfig, load_ca, parse_public};
+use crate::keys::ScopeProblem;
 use crate::keys::{KeyError, KeySet, KeySources};
 use crate::responses::{InvalidRealm, Realm};
 use crate::server::Limits;
@@ -62,9 +65,56 @@ pub enum ConfigError {
     /// `--trusted-proxies` is not a list of networks.
     #[error("--trusted-proxies: {0}")]
     TrustedProxies(BadNetwork),
+    /// `--upstream` is not a usable URL.
+    #[error("--upstream {0}")]
+    Upstream(UpstreamError),
+    /// `--upstream-host` is not a header value.
+    #[error("--upstream-host {0:?}: not a valid host")]
+    UpstreamHost(String),
+    /// `--upstream-ca` is unusable.
+    #[error(transparent)]
+    UpstreamCa(#[from] CaError),
+    /// A `--public` rule is malformed.
+    #[error("--public {0:?}: {1}")]
+    Public(String, ScopeProblem),
     /// The realm cannot go into a header.
     #[error("--realm {0:?}: {1}")]
     Realm(String, InvalidRealm),
+}
+
+/// The gateway settings, when `--upstream` is given.
+fn gateway(args: &Args) -> Result<Option<GatewayConfig>, ConfigError> {
+    let Some(url) = &args.upstream else {
+        return Ok(None);
+    };
+    let upstream = Upstream::parse(url.trim()).map_err(ConfigError::Upstream)?;
+    let upstream_host = match &args.upstream_host {
+        None => None,
+        Some(host) => Some(
+            http::HeaderValue::try_from(host.trim())
+                .ok()
+                .filter(|_| !host.trim().is_empty() && !host.contains(['/', ' ']))
+                .ok_or_else(|| ConfigError::UpstreamHost(host.clone()))?,
+        ),
+    };
+    let ca = match &args.upstream_ca {
+        None => Vec::new(),
+        Some(path) => load_ca(path)?,
+    };
+    let public = args
+        .public
+        .iter()
+        .filter(|r| !r.trim().is_empty())
+        .map(|r| parse_public(r.trim()).map_err(|p| ConfigError::Public(r.clone(), p)))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(GatewayConfig {
+        upstream,
+        upstream_host,
+        timeout: args.upstream_timeout,
+        ca,
+        http2: args.upstream_http2,
+        public,
+    }))
 }
 
 impl Config {
@@ -100,6 +150,7 @@ impl Config {
             access_log: args.access_log,
             metrics: args.metrics == Switch::On,
             openapi: args.openapi == Switch::On,
+            gateway: gateway(args)?,
             trusted_proxies: TrustedProxies::parse(&args.trusted_proxies)
                 .map_err(ConfigError::TrustedProxies)?,
             forward_auth_throttle_status: match args.forward_auth_throttle_status {

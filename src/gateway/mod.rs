@@ -11,9 +11,81 @@
 //! * [`upstream`] — the `--upstream` URL, and the target the upstream gets:
 //!   its path prefix, then the client's path and query byte for byte.
 //!
-//! Not yet built (and not reachable from the command line): the pooled
-//! upstream client, streaming bodies, upgrades, `--public` rules, the admin
-//! listener and the failure answers (502/504).
+//! * [`proxy`] — the pooled keep-alive client (hyper-util's legacy client,
+//!   rustls with the webpki roots and `--upstream-ca`), one request upstream
+//!   and its response back, bodies streamed, upgrades passed through, 502/504.
+//!
+//! Not built yet: `--admin-listen`, draining upgraded connections at the
+//! shutdown deadline, and the gateway's benchmarks.
 
 pub mod headers;
+pub mod proxy;
 pub mod upstream;
+
+use std::path::Path;
+use std::time::Duration;
+
+use http::HeaderValue;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::keys::Scope;
+use upstream::Upstream;
+
+/// The validated gateway settings (`--upstream` and its companions).
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// `--upstream`.
+    pub upstream: Upstream,
+    /// `--upstream-host`: the `Host` the upstream gets instead of the client's.
+    pub upstream_host: Option<HeaderValue>,
+    /// `--upstream-timeout`: the wait for the upstream's response head.
+    pub timeout: Duration,
+    /// `--upstream-ca`: more trusted roots for an `https://` upstream.
+    pub ca: Vec<CertificateDer<'static>>,
+    /// `--upstream-http2`.
+    pub http2: bool,
+    /// `--public [METHODS:]PATTERN`: paths passed on without a key.
+    pub public: Vec<Scope>,
+}
+
+/// Why `--upstream-ca` cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("--upstream-ca {path}: {problem}")]
+pub struct CaError {
+    /// The file.
+    pub path: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// Reads the PEM certificates of `--upstream-ca`.
+pub fn load_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    let err = |problem: String| CaError {
+        path: path.display().to_string(),
+        problem,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in the file".to_owned()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in &certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| err(format!("not a usable CA certificate ({e})")))?;
+    }
+    Ok(certs)
+}
+
+/// Parses `--public [METHODS:]PATTERN` (methods default to every method).
+pub fn parse_public(rule: &str) -> Result<Scope, crate::keys::ScopeProblem> {
+    if rule.starts_with('/') {
+        Scope::parse(&format!("*:{rule}"))
+    } else {
+        Scope::parse(rule)
+    }
+}

@@ -9,12 +9,14 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 use std::time::Instant;
 
-use http::{Request, Version};
+use http::{Request, Response, Version};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,7 +29,8 @@ use tracing::debug;
 
 use super::io::ReadCounter;
 use super::watchdog::{Activity, Command, ConnectionTable, Entry, bump};
-use crate::app::App;
+use crate::app::{App, Step};
+use crate::gateway::proxy::ServiceBody;
 use crate::head;
 use crate::metrics::Protocol;
 use crate::tls::Tls;
@@ -147,71 +150,187 @@ impl Connection {
     }
 
     /// Serves HTTP on the connection until it ends or the watchdog aborts it.
-    async fn serve<I>(self, stream: I, activity: Arc<Activity>, _entry: Entry)
+    /// Serves HTTP on the connection until it ends or the watchdog aborts
+    /// it. In gateway mode the connection can be upgraded (WebSocket); that
+    /// path is a separate function so a standalone connection's task does not
+    /// carry the larger upgradeable state.
+    async fn serve<I>(self, stream: I, activity: Arc<Activity>, entry: Entry)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if self.context.app.is_gateway() {
+            Box::pin(self.serve_upgradeable(stream, activity, entry)).await;
+            return;
+        }
+        let _permit = self.permit;
+        let _entry = entry;
+        let _open = OpenConnection::new(self.context.app.clone());
+        let io = TokioIo::new(ReadCounter::new(stream, activity.clone()));
+        let service = service(&self.context, &activity, self.peer.ip());
+        let conn = self.context.builder.serve_connection(io, service);
+        // Pinned here and lent to `drive`: moving it into `drive`'s future
+        // would make this task hold it twice.
+        tokio::pin!(conn);
+        let result = drive(conn, &activity).await;
+        log_end(self.peer, result);
+    }
+
+    async fn serve_upgradeable<I>(self, stream: I, activity: Arc<Activity>, _entry: Entry)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let _permit = self.permit;
-        let app = self.context.app.clone();
-        let _open = OpenConnection::new(app.clone());
-        let io = ReadCounter::new(stream, activity.clone());
-        let seen = activity.clone();
-        let peer_ip = self.peer.ip();
-        let service = service_fn(move |req: Request<Incoming>| {
-            if seen.requests.load(Relaxed) == 0 {
-                let protocol = if req.version() == Version::HTTP_2 {
-                    seen.h2.store(true, Relaxed);
-                    Protocol::H2
-                } else {
-                    Protocol::H1
-                };
-                app.metrics().accepted(protocol);
-            }
-            bump(&seen.requests);
-            // The request (and its body, unread) is dropped here: hyper then
-            // closes an HTTP/1 connection whose body was not consumed.
-            std::future::ready(Ok::<_, Infallible>(app.handle(&req, peer_ip)))
-        });
+        let _open = OpenConnection::new(self.context.app.clone());
+        let io = TokioIo::new(ReadCounter::new(stream, activity.clone()));
+        let service = service(&self.context, &activity, self.peer.ip());
         let conn = self
             .context
             .builder
-            .serve_connection(TokioIo::new(io), service);
+            .serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
+        let result = drive(conn, &activity).await;
+        log_end(self.peer, result);
+    }
+}
 
-        let mut graceful = false;
-        let result = std::future::poll_fn(|cx| {
-            loop {
-                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
-                    return Poll::Ready(Some(result));
-                }
-                activity.waker.register(cx.waker());
-                match activity.pending_command() {
-                    Command::Abort => return Poll::Ready(None),
-                    // hyper-util cancels a connection still detecting its
-                    // protocol when told to shut down, which would drop a first
-                    // request still on its way (a connection accepted just as
-                    // the drain began). Wait for it: during a drain the
-                    // watchdog aborts a connection that has sent no complete
-                    // request within DRAIN_FIRST_REQUEST_GRACE.
-                    Command::Graceful if !graceful && activity.requests.load(Relaxed) == 0 => {
-                        return Poll::Pending;
-                    }
-                    Command::Graceful if !graceful => {
-                        graceful = true;
-                        // Must be polled again to take effect.
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    _ => return Poll::Pending,
-                }
+fn log_end<E: std::fmt::Display>(peer: SocketAddr, result: Option<Result<(), E>>) {
+    match result {
+        Some(Err(e)) => debug!(peer = %peer, error = %e, "connection ended with an error"),
+        Some(Ok(())) => {}
+        None => {
+            debug!(peer = %peer, "connection dropped by the watchdog (header or idle timeout)")
+        }
+    }
+}
+
+/// The connection's service: counts requests for the watchdog and the
+/// protocol metric, then answers (or, in gateway mode, passes on).
+fn service(
+    context: &Arc<Context>,
+    activity: &Arc<Activity>,
+    peer_ip: std::net::IpAddr,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ServiceBody>,
+    Error = Infallible,
+    Future = Reply,
+> + Clone {
+    let app = context.app.clone();
+    let seen = activity.clone();
+    let tls = context.tls.is_some();
+    let gateway = app.is_gateway();
+    service_fn(move |req: Request<Incoming>| {
+        if seen.requests.load(Relaxed) == 0 {
+            let protocol = if req.version() == Version::HTTP_2 {
+                seen.h2.store(true, Relaxed);
+                Protocol::H2
+            } else {
+                Protocol::H1
+            };
+            app.metrics().accepted(protocol);
+        }
+        bump(&seen.requests);
+        if !gateway {
+            // The request (and its body, unread) is dropped here: hyper
+            // then closes an HTTP/1 connection whose body was not consumed.
+            return Reply::Ready(Some(app.handle(&req, peer_ip).map(Either::Left)));
+        }
+        match app.gateway_step(&req, peer_ip, tls) {
+            Step::Respond(response) => Reply::Ready(Some(response.map(Either::Left))),
+            Step::Forward(forward) => {
+                let app = app.clone();
+                Reply::Proxy(Box::pin(async move { app.forward(req, forward).await }))
             }
-        })
-        .await;
-        match result {
-            Some(Err(e)) => debug!(peer = %self.peer, error = %e, "connection ended with an error"),
-            Some(Ok(())) => {}
-            None => {
-                debug!(peer = %self.peer, "connection dropped by the watchdog (header or idle timeout)")
+        }
+    })
+}
+
+/// A hyper-util connection, with or without upgrades.
+trait Shutdown: Future {
+    fn shutdown(self: Pin<&mut Self>);
+}
+
+impl<'a, I, S, E, B> Shutdown for auto::Connection<'a, I, S, E>
+where
+    auto::Connection<'a, I, S, E>: Future,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: auto::HttpServerConnExec<S::Future, B>,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<'a, I, S, E, B> Shutdown for auto::UpgradeableConnection<'a, I, S, E>
+where
+    auto::UpgradeableConnection<'a, I, S, E>: Future,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: auto::HttpServerConnExec<S::Future, B>,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Drives a connection under the watchdog's commands; `None` if aborted.
+async fn drive<C>(mut conn: Pin<&mut C>, activity: &Activity) -> Option<C::Output>
+where
+    C: Shutdown,
+{
+    let mut graceful = false;
+    std::future::poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
             }
+            activity.waker.register(cx.waker());
+            match activity.pending_command() {
+                Command::Abort => return Poll::Ready(None),
+                // hyper-util cancels a connection still detecting its
+                // protocol when told to shut down, which would drop a first
+                // request still on its way (a connection accepted just as
+                // the drain began). Wait for it: during a drain the
+                // watchdog aborts a connection that has sent no complete
+                // request within DRAIN_FIRST_REQUEST_GRACE.
+                Command::Graceful if !graceful && activity.requests.load(Relaxed) == 0 => {
+                    return Poll::Pending;
+                }
+                Command::Graceful if !graceful => {
+                    graceful = true;
+                    // Must be polled again to take effect.
+                    conn.as_mut().shutdown();
+                }
+                _ => return Poll::Pending,
+            }
+        }
+    })
+    .await
+}
+
+/// The service's future: a prebuilt answer at once, or a proxied one.
+enum Reply {
+    Ready(Option<Response<ServiceBody>>),
+    Proxy(Pin<Box<dyn Future<Output = Response<ServiceBody>> + Send>>),
+}
+
+impl Future for Reply {
+    type Output = Result<Response<ServiceBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            // hyper polls a service future until it is ready, once.
+            Reply::Ready(response) => Poll::Ready(Ok(response
+                .take()
+                .unwrap_or_else(|| Response::new(Either::Left(Default::default()))))),
+            Reply::Proxy(future) => future.as_mut().poll(cx).map(Ok),
         }
     }
 }

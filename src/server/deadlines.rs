@@ -12,6 +12,8 @@ pub(super) struct Deadlines {
     idle_timeout: Duration,
     /// `(requests, reads)` at the previous tick.
     last: (u64, u64),
+    /// Writes at the previous tick.
+    last_writes: u64,
     /// When the connection was last seen doing something.
     active_at: Instant,
     /// When the request head in progress was first seen (accept, for the
@@ -41,8 +43,18 @@ impl Deadlines {
             header_timeout: limits.header_read_timeout,
             idle_timeout: limits.idle_timeout,
             last: (0, 0),
+            last_writes: 0,
             active_at: accepted,
             head_since: Some(accepted),
+        }
+    }
+
+    /// The connection's write counter at `now`: sending is activity (a long
+    /// response is not an idle connection), never the start of a head.
+    pub(super) fn wrote(&mut self, now: Instant, writes: u64) {
+        if writes != self.last_writes {
+            self.last_writes = writes;
+            self.active_at = now;
         }
     }
 
@@ -123,6 +135,18 @@ mod tests {
         assert_eq!(d.check(at(t0, 1), 1, 1, false), Verdict::Fine);
         assert_eq!(d.check(at(t0, 60), 1, 1, false), Verdict::Fine);
         assert_eq!(d.check(at(t0, 61), 1, 1, false), Verdict::Idle);
+    }
+
+    #[test]
+    fn a_long_response_is_activity_not_a_head() {
+        let (mut d, t0) = clock();
+        assert_eq!(d.check(at(t0, 1), 1, 1, false), Verdict::Fine);
+        // The client only reads a long response for 5 minutes.
+        for i in 2..300 {
+            d.wrote(at(t0, i), i);
+            assert_eq!(d.check(at(t0, i), 1, 1, false), Verdict::Fine);
+        }
+        assert_eq!(d.check(at(t0, 360), 1, 1, false), Verdict::Idle);
     }
 
     #[test]

@@ -9,8 +9,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::watchdog::{Activity, bump};
 
-/// A connection's socket (cleartext or TLS), counting the reads that return
-/// data so the watchdog can tell a busy connection from a stalled one.
+/// A connection's socket (cleartext or TLS), counting the reads and writes
+/// that move data so the watchdog can tell a busy connection from a stalled
+/// one.
 pub(crate) struct ReadCounter<I> {
     inner: I,
     activity: Arc<Activity>,
@@ -44,7 +45,12 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ReadCounter<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            bump(&this.activity.writes);
+        }
+        result
     }
 
     fn poll_write_vectored(
@@ -52,7 +58,12 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ReadCounter<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            bump(&this.activity.writes);
+        }
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -29,6 +29,9 @@ pub(crate) struct Activity {
     pub(crate) requests: AtomicU64,
     /// Reads that returned data.
     pub(crate) reads: AtomicU64,
+    /// Writes that sent data: a long response (a proxied download, server-sent
+    /// events) keeps a connection active while the client only reads.
+    pub(crate) writes: AtomicU64,
     /// Set once the connection speaks HTTP/2: frames without a new request
     /// (PING, WINDOW_UPDATE) are then activity, not a request head in progress.
     pub(crate) h2: AtomicBool,
@@ -157,6 +160,7 @@ impl ConnectionTable {
                 a.command(Command::Abort);
                 continue;
             }
+            tracked.deadlines.wrote(now, a.writes.load(Relaxed));
             let verdict = tracked.deadlines.check(
                 now,
                 a.requests.load(Relaxed),

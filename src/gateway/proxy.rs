@@ -1,0 +1,214 @@
+//! The proxy path: one request to the upstream and its response back, bodies
+//! streamed both ways (never buffered whole), upgrades passed through.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONNECTION, HOST, UPGRADE};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use tracing::{debug, warn};
+
+use super::GatewayConfig;
+use super::headers::{Hop, for_client, for_upstream};
+use super::upstream::Upstream;
+use crate::keys::Scope;
+use crate::metrics::{Metrics, UpstreamError};
+use crate::responses::Responses;
+
+/// The body of every response the server sends: a prebuilt one, or the
+/// upstream's, streamed.
+pub type ServiceBody = Either<Full<Bytes>, Incoming>;
+
+/// The upstream, its client and the gateway's rules.
+pub struct Gateway {
+    upstream: Upstream,
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    timeout: Duration,
+    upstream_host: Option<HeaderValue>,
+    public: Vec<Scope>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the proxy needs to know of the request besides the request itself.
+pub struct Forward {
+    /// The connecting peer.
+    pub peer: IpAddr,
+    /// Whether the peer is a trusted proxy.
+    pub peer_trusted: bool,
+    /// `https` when the client reached tokengate over TLS.
+    pub proto: &'static str,
+    /// The accepted key's label (`None` on a `--public` path).
+    pub key_label: Option<HeaderValue>,
+}
+
+impl Gateway {
+    /// The pooled keep-alive client for `config` (HTTP/1.1; HTTP/2 with
+    /// `--upstream-http2`: by ALPN over TLS, prior knowledge over cleartext).
+    pub fn new(config: &GatewayConfig) -> Self {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for cert in &config.ca {
+            // A CA that rustls cannot parse was refused with the configuration.
+            let _ = roots.add(CertificateDer::clone(cert));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let connector = if config.http2 {
+            connector.enable_http1().enable_http2().build()
+        } else {
+            connector.enable_http1().build()
+        };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256);
+        if config.http2 && !config.upstream.is_https() {
+            builder.http2_only(true);
+        }
+        Gateway {
+            upstream: config.upstream.clone(),
+            client: builder.build(connector),
+            timeout: config.timeout,
+            upstream_host: config.upstream_host.clone(),
+            public: config.public.clone(),
+        }
+    }
+
+    /// Whether `method` on `path` (normalised) is a `--public` path.
+    pub fn is_public(&self, method: &Method, path: &str) -> bool {
+        self.public.iter().any(|rule| rule.allows(method, path))
+    }
+
+    /// Sends `req` upstream and streams the answer back. Failures are
+    /// tokengate's own 502/504, with no upstream detail.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        hop: Forward,
+        token_header: &http::HeaderName,
+        responses: &Responses,
+        metrics: Option<&Metrics>,
+    ) -> Response<ServiceBody> {
+        let started = Instant::now();
+        let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let host = req
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+        let target = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let (mut parts, body) = req.into_parts();
+        for_upstream(
+            &mut parts.headers,
+            &Hop {
+                peer: hop.peer,
+                peer_trusted: hop.peer_trusted,
+                proto: hop.proto,
+                host: host.as_deref(),
+                token_header,
+                key_label: hop.key_label.as_ref(),
+                upgrade,
+            },
+        );
+        match (&self.upstream_host, host) {
+            (Some(forced), _) => {
+                parts.headers.insert(HOST, forced.clone());
+            }
+            (None, Some(host)) => {
+                if let Ok(value) = HeaderValue::try_from(host) {
+                    parts.headers.insert(HOST, value);
+                }
+            }
+            (None, None) => {}
+        }
+        parts.uri = self.upstream.uri_for(&target);
+        // The client speaks HTTP/2 to the upstream when it negotiated it
+        // (ALPN) or was told to (`--upstream-http2` over cleartext), whatever
+        // the version the request came in with.
+        parts.version = Version::HTTP_11;
+        let upstream_req = Request::from_parts(parts, body);
+
+        let result = tokio::time::timeout(self.timeout, self.client.request(upstream_req)).await;
+        let mut response = match result {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                let kind = if e.is_connect() {
+                    UpstreamError::Connect
+                } else {
+                    UpstreamError::Other
+                };
+                warn!(upstream = %self.upstream.authority(), error = %e, "upstream request failed");
+                if let Some(m) = metrics {
+                    m.upstream_failed(kind, started.elapsed());
+                }
+                return responses.bad_gateway.respond(false).map(Either::Left);
+            }
+            Err(_) => {
+                warn!(upstream = %self.upstream.authority(), timeout = ?self.timeout, "upstream response head timed out");
+                if let Some(m) = metrics {
+                    m.upstream_failed(UpstreamError::Timeout, started.elapsed());
+                }
+                return responses.gateway_timeout.respond(false).map(Either::Left);
+            }
+        };
+        if let Some(m) = metrics {
+            m.upstream_answered(response.status(), started.elapsed());
+        }
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        for_client(response.headers_mut(), upgrade && switching);
+        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                    Err(e) => debug!(error = %e, "upgrade failed"),
+                }
+            });
+        }
+        response.map(Either::Right)
+    }
+}
+
+fn wants_upgrade(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
