@@ -12,6 +12,7 @@ mod auth;
 mod contract;
 mod forward_auth;
 mod fuzz;
+mod gateway;
 mod h2abuse;
 mod hostile;
 mod lifecycle;

@@ -1,0 +1,527 @@
+//! Gateway mode: tokengate in front of an upstream written here, which
+//! records what it receives. Header hygiene, credential stripping, scopes and
+//! `--public`, denials that never reach the upstream, streaming both ways,
+//! server-sent events event by event, a WebSocket-style upgrade, 502/504 and
+//! a body broken mid-way, and an h2c client in front of an HTTP/1.1 upstream.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokengate::gateway::upstream::Upstream;
+use tokengate::gateway::{GatewayConfig, parse_public};
+use tokengate::{AppConfig, Limits};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::support::{Proto, TestServer, keys_from, raw, send, statuses};
+
+const KEYS: &str = "\
+full-access-key-1 ops
+reports-only-key reports scope=GET,HEAD:/reports/*
+";
+
+/// A response body fed from a channel: the upstream decides when each chunk
+/// goes, and can break off with an error.
+struct ChannelBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+}
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    target: String,
+    headers: HeaderMap,
+    body_len: usize,
+}
+
+/// The upstream: records every request; a few paths behave specially.
+#[derive(Clone, Default)]
+struct Upstream_ {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    /// `/sse` sends its second event when this receives.
+    sse_gate: Arc<tokio::sync::Mutex<Option<mpsc::Receiver<()>>>>,
+}
+
+impl Upstream_ {
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request reached the upstream")
+    }
+
+    async fn start(&self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let me = me.clone();
+                        async move { Ok::<_, Infallible>(me.answer(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn answer(&self, mut req: Request<Incoming>) -> Response<ChannelBody> {
+        let target = req.uri().to_string();
+        let headers = req.headers().clone();
+        let upgrade = hyper::upgrade::on(&mut req);
+        let path = req.uri().path().to_owned();
+        // Read the whole request body, counting (never keeping) its bytes.
+        let mut body_len = 0;
+        let mut body = req.into_body();
+        if path != "/ws" {
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.map(|f| f.into_data()) {
+                    body_len += data.map(|d| d.len()).unwrap_or(0);
+                }
+            }
+        }
+        self.seen.lock().unwrap().push(Seen {
+            target,
+            headers,
+            body_len,
+        });
+        let (tx, rx) = mpsc::channel(4);
+        let mut response = Response::new(ChannelBody(rx));
+        match path.as_str() {
+            "/download" => {
+                tokio::spawn(async move {
+                    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                    for _ in 0..256 {
+                        if tx.send(Ok(chunk.clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            "/sse" => {
+                response
+                    .headers_mut()
+                    .insert("content-type", "text/event-stream".parse().unwrap());
+                let gate = self.sse_gate.lock().await.take();
+                tokio::spawn(async move {
+                    let _ = tx.send(Ok(Bytes::from_static(b"data: one\n\n"))).await;
+                    if let Some(mut gate) = gate {
+                        let _ = gate.recv().await;
+                    }
+                    let _ = tx.send(Ok(Bytes::from_static(b"data: two\n\n"))).await;
+                });
+            }
+            "/break" => {
+                response
+                    .headers_mut()
+                    .insert("content-length", "100".parse().unwrap());
+                tokio::spawn(async move {
+                    let _ = tx.send(Ok(Bytes::from(vec![b'y'; 50]))).await;
+                    let _ = tx
+                        .send(Err(std::io::Error::other("upstream broke off")))
+                        .await;
+                });
+            }
+            "/never" => {
+                // Never answers: the gateway's timeout must.
+                std::future::pending::<()>().await;
+            }
+            "/ws" => {
+                *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                response
+                    .headers_mut()
+                    .insert("upgrade", "websocket".parse().unwrap());
+                response
+                    .headers_mut()
+                    .insert("connection", "upgrade".parse().unwrap());
+                tokio::spawn(async move {
+                    if let Ok(upgraded) = upgrade.await {
+                        let mut io = TokioIo::new(upgraded);
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n) = io.read(&mut buf).await {
+                            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+                drop(tx);
+            }
+            _ => {
+                let body = format!("upstream saw {path}");
+                tokio::spawn(async move {
+                    let _ = tx.send(Ok(Bytes::from(body))).await;
+                });
+            }
+        }
+        response
+    }
+}
+
+fn gateway_config(upstream: SocketAddr, timeout: Duration) -> AppConfig {
+    AppConfig {
+        gateway: Some(GatewayConfig {
+            upstream: Upstream::parse(&format!("http://{upstream}")).unwrap(),
+            upstream_host: None,
+            timeout,
+            ca: Vec::new(),
+            http2: false,
+            public: vec![parse_public("GET:/docs/*").unwrap()],
+        }),
+        ..AppConfig::default()
+    }
+}
+
+async fn gateway(timeout: Duration) -> (TestServer, Upstream_) {
+    let up = Upstream_::default();
+    let addr = up.start().await;
+    let s = TestServer::with(
+        keys_from(KEYS),
+        gateway_config(addr, timeout),
+        Limits::default(),
+    )
+    .await;
+    (s, up)
+}
+
+#[tokio::test]
+async fn header_hygiene_and_byte_for_byte_targets() {
+    let (s, up) = gateway(Duration::from_secs(30)).await;
+    let got = raw(
+        s.addr,
+        b"GET /a%2Fb/%7e?x=%20&y HTTP/1.1\r\nHost: api.example\r\nX-Token: full-access-key-1\r\n\
+          Connection: close, x-auth-key-label, x-forwarded-for, x-secret-hop\r\nX-Secret-Hop: 1\r\n\
+          X-Auth-Key-Label: forged\r\nX-Forwarded-For: 6.6.6.6\r\nKeep-Alive: timeout=5\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&got), [200], "{got}");
+    assert!(got.contains("upstream saw /a%2Fb/%7e"), "{got}");
+    let seen = up.last();
+    assert_eq!(seen.target, "/a%2Fb/%7e?x=%20&y");
+    let h = &seen.headers;
+    assert_eq!(h["x-auth-key-label"], "ops");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "an untrusted peer's chain is dropped"
+    );
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "api.example");
+    assert_eq!(h["host"], "api.example");
+    for gone in ["x-token", "x-secret-hop", "keep-alive"] {
+        assert!(h.get(gone).is_none(), "{gone} reached the upstream: {h:?}");
+    }
+    // Bearer is a credential too; another scheme is the upstream's.
+    let r = send(
+        Proto::H1,
+        s.addr,
+        Method::GET,
+        "/orders",
+        &[("authorization", "Bearer full-access-key-1")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(up.last().headers.get("authorization").is_none());
+}
+
+#[tokio::test]
+async fn denials_never_reach_the_upstream_and_scopes_and_public_apply() {
+    let (s, up) = gateway(Duration::from_secs(30)).await;
+    for proto in [Proto::H1, Proto::H2] {
+        let before = up.count();
+        let r = send(proto, s.addr, Method::GET, "/orders", &[]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        let r = send(
+            proto,
+            s.addr,
+            Method::GET,
+            "/orders",
+            &[("x-token", "wrong")],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        let r = send(
+            proto,
+            s.addr,
+            Method::POST,
+            "/reports/1",
+            &[("x-token", "reports-only-key")],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        // The contract routes belong to the upstream now: /public needs a key.
+        let r = send(proto, s.addr, Method::GET, "/public", &[]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(up.count(), before, "a denied request reached the upstream");
+        // In scope: passes with the key's label.
+        let r = send(
+            proto,
+            s.addr,
+            Method::GET,
+            "/reports/1",
+            &[("x-token", "reports-only-key")],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(up.last().headers["x-auth-key-label"], "reports");
+        // --public GET:/docs/*: no key, no label.
+        let r = send(proto, s.addr, Method::GET, "/docs/intro", &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(up.last().headers.get("x-auth-key-label").is_none());
+        let r = send(proto, s.addr, Method::POST, "/docs/intro", &[]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        // tokengate's own routes stay tokengate's.
+        let before = up.count();
+        let r = send(proto, s.addr, Method::GET, "/healthz", &[]).await;
+        assert_eq!(r.text(), r#"{"status":"ok"}"#);
+        assert_eq!(up.count(), before);
+    }
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways() {
+    let (s, up) = gateway(Duration::from_secs(30)).await;
+    // Upload 16 MiB in 64 KiB chunks, produced as they are sent.
+    let stream = TcpStream::connect(s.addr).await.unwrap();
+    let (mut send_req, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![b'u'; 64 * 1024]);
+        for _ in 0..256 {
+            if tx.send(Ok(chunk.clone())).await.is_err() {
+                return;
+            }
+        }
+    });
+    let req = Request::post("/upload")
+        .header("host", "t")
+        .header("x-token", "full-access-key-1")
+        .body(ChannelBody(rx))
+        .unwrap();
+    let resp = send_req.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body().collect().await.unwrap();
+    assert_eq!(up.last().body_len, 16 * 1024 * 1024);
+    // Download 16 MiB, counted as it arrives.
+    let resp = send(
+        Proto::H1,
+        s.addr,
+        Method::GET,
+        "/download",
+        &[("x-token", "full-access-key-1")],
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.body.len(), 16 * 1024 * 1024);
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_event_by_event() {
+    let (s, up) = gateway(Duration::from_secs(30)).await;
+    let (release, gate) = mpsc::channel(1);
+    *up.sse_gate.lock().await = Some(gate);
+    let mut stream = TcpStream::connect(s.addr).await.unwrap();
+    stream
+        .write_all(b"GET /sse HTTP/1.1\r\nHost: t\r\nX-Token: full-access-key-1\r\n\r\n")
+        .await
+        .unwrap();
+    // The first event arrives while the upstream is still holding the second.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let first = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+            if got.windows(9).any(|w| w == b"data: one") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(first.is_ok(), "{}", String::from_utf8_lossy(&got));
+    assert!(!got.windows(9).any(|w| w == b"data: two"));
+    release.send(()).await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+            if got.windows(9).any(|w| w == b"data: two") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(second.is_ok(), "{}", String::from_utf8_lossy(&got));
+}
+
+#[tokio::test]
+async fn upgrades_are_handed_through() {
+    let (s, _up) = gateway(Duration::from_secs(30)).await;
+    let mut stream = TcpStream::connect(s.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nX-Token: full-access-key-1\r\nConnection: Upgrade\r\n\
+              Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    stream.write_all(b"ping through the gateway").await.unwrap();
+    let mut echo = vec![0u8; 24];
+    tokio::time::timeout(Duration::from_secs(30), stream.read_exact(&mut echo))
+        .await
+        .expect("echo")
+        .unwrap();
+    assert_eq!(&echo, b"ping through the gateway");
+}
+
+#[tokio::test]
+async fn failures_are_502_and_504_without_upstream_detail() {
+    // Refused: a port that was bound and released.
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let s = TestServer::with(
+        keys_from(KEYS),
+        gateway_config(gone, Duration::from_secs(30)),
+        Limits::default(),
+    )
+    .await;
+    let r = send(
+        Proto::H1,
+        s.addr,
+        Method::GET,
+        "/x",
+        &[("x-token", "full-access-key-1")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.text(), r#"{"detail":"Bad Gateway"}"#);
+    assert!(!r.text().contains(&gone.port().to_string()));
+    // No response head in time: 504 (the upstream is hostile here, the
+    // 1 s timeout is the gateway's).
+    let (s, _up) = gateway(Duration::from_secs(1)).await;
+    let r = send(
+        Proto::H1,
+        s.addr,
+        Method::GET,
+        "/never",
+        &[("x-token", "full-access-key-1")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.text(), r#"{"detail":"Gateway Timeout"}"#);
+    let m = send(
+        Proto::H1,
+        s.addr,
+        Method::GET,
+        "/metrics",
+        &[("x-token", "full-access-key-1")],
+    )
+    .await;
+    assert!(
+        m.text()
+            .contains(r#"tokengate_upstream_errors_total{kind="timeout"} 1"#),
+        "{}",
+        m.text()
+    );
+}
+
+#[tokio::test]
+async fn a_body_broken_mid_way_never_looks_complete() {
+    let (s, _up) = gateway(Duration::from_secs(30)).await;
+    let mut stream = TcpStream::connect(s.addr).await.unwrap();
+    stream
+        .write_all(b"GET /break HTTP/1.1\r\nHost: t\r\nX-Token: full-access-key-1\r\n\r\n")
+        .await
+        .unwrap();
+    let got = crate::support::read_to_close(&mut stream).await;
+    // The head promised 100 bytes: the client gets at most part of them (or
+    // nothing at all, if nothing was flushed yet) and a closed connection.
+    assert!(
+        got.is_empty() || got.contains("content-length: 100"),
+        "{got}"
+    );
+    let body = got.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert!(body.len() < 100, "a truncated body looked complete: {got}");
+    // Over HTTP/2 the stream is reset: the client sees an error, not a body.
+    let stream = TcpStream::connect(s.addr).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/break", s.addr))
+        .header("x-token", "full-access-key-1")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    // Reset before the head, or during the body: an error either way.
+    if let Ok(resp) = h2.send_request(req).await {
+        assert!(resp.into_body().collect().await.is_err());
+    }
+}
+
+#[tokio::test]
+async fn h2c_client_in_front_of_an_http1_upstream() {
+    let (s, up) = gateway(Duration::from_secs(30)).await;
+    let r = send(
+        Proto::H2,
+        s.addr,
+        Method::GET,
+        "/orders?id=7",
+        &[("x-token", "full-access-key-1")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "upstream saw /orders");
+    let seen = up.last();
+    assert_eq!(seen.target, "/orders?id=7");
+    assert_eq!(seen.headers["host"], s.addr.to_string());
+}
