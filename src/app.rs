@@ -51,6 +51,9 @@ pub struct AppConfig {
     pub openapi: bool,
     /// Gateway mode (`--upstream`): pass requests on to this service.
     pub gateway: Option<GatewayConfig>,
+    /// Gateway mode with `--admin-listen`: tokengate's own routes are served
+    /// on that listener only, and the main listener passes every path on.
+    pub admin_listener: bool,
 }
 
 impl Default for AppConfig {
@@ -67,6 +70,7 @@ impl Default for AppConfig {
             forward_auth_throttle_status: StatusCode::FORBIDDEN,
             openapi: true,
             gateway: None,
+            admin_listener: false,
         }
     }
 }
@@ -102,6 +106,8 @@ pub struct App {
     forward: forward_auth::Answers,
     trusted: TrustedProxies,
     gateway: Option<Gateway>,
+    /// `--admin-listen`: the main listener passes even tokengate's own paths on.
+    admin_listener: bool,
     token_header: HeaderName,
     metrics: Metrics,
     lifecycle: Arc<Lifecycle>,
@@ -166,6 +172,7 @@ impl App {
             ),
             trusted: config.trusted_proxies.clone(),
             gateway: config.gateway.as_ref().map(Gateway::new),
+            admin_listener: config.admin_listener,
             token_header: config.token_header.clone(),
             metrics,
             lifecycle: Arc::default(),
@@ -209,7 +216,7 @@ impl App {
             return Step::Respond(self.handle(req, peer));
         };
         if head::check(req, self.max_header_bytes).is_err()
-            || matches!(self.router.find(req), Match::Route(_))
+            || (!self.admin_listener && matches!(self.router.find(req), Match::Route(_)))
         {
             return Step::Respond(self.handle(req, peer));
         }

@@ -100,6 +100,20 @@ async fn run(
         }
     };
     let local = listener.local_addr().unwrap_or(config.listen);
+    let admin = match config.admin_listen {
+        None => None,
+        Some(addr) => match std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
+        {
+            Ok(l) => Some(l),
+            Err(e) => {
+                error!(listen = %addr, error = %e, "cannot bind the admin listener");
+                eprintln!("tokengate: --admin-listen {addr}: cannot bind: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     config.keys.warn_expiring();
     if config.demo_key {
         warn!(
@@ -110,6 +124,21 @@ async fn run(
         Some(_) => ("https", "TLS with ALPN h2, http/1.1"),
         None => ("http", "http/1.1, h2c"),
     };
+    if let Some(gateway) = &config.app.gateway {
+        info!(upstream = %gateway.upstream, "gateway mode: requests that are not tokengate's own go upstream");
+    }
+    if let Some(admin) = admin {
+        let admin_addr = admin
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        info!(
+            "admin endpoints on http://{admin_addr} (health, readiness, metrics, forward auth, OpenAPI)"
+        );
+        let server = Server::new(app.clone(), config.limits.clone())
+            .admin()
+            .force_stop_on(signals.second());
+        tokio::spawn(server.serve(admin, signals.first()));
+    }
     info!(
         address = %local,
         socket = origin,

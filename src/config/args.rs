@@ -124,6 +124,16 @@ pub struct Args {
     #[arg(long, env = "TOKENGATE_UPSTREAM_HTTP2", requires = "upstream")]
     pub upstream_http2: bool,
 
+    /// Gateway mode: serve /healthz, /readyz, /metrics, /auth/verify and /openapi.json on this
+    /// address only, and pass every path of the main listener on to the upstream.
+    #[arg(
+        long,
+        env = "TOKENGATE_ADMIN_LISTEN",
+        value_name = "ADDR",
+        requires = "upstream"
+    )]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Gateway mode: a path passed on without a key, `[METHODS:]PATTERN` (repeatable).
     #[arg(
         long = "public",

@@ -42,6 +42,8 @@ pub struct Config {
     pub watch_token_file: bool,
     /// `--reuse-port`.
     pub reuse_port: bool,
+    /// `--admin-listen`: a second listener for tokengate's own routes (gateway mode).
+    pub admin_listen: Option<SocketAddr>,
     /// `--tls-cert` and `--tls-key`.
     pub tls: Option<crate::tls::TlsFiles>,
     /// Token header, realm, head limits, throttle, metrics and logging.
@@ -151,6 +153,7 @@ impl Config {
             metrics: args.metrics == Switch::On,
             openapi: args.openapi == Switch::On,
             gateway: gateway(args)?,
+            admin_listener: args.admin_listen.is_some(),
             trusted_proxies: TrustedProxies::parse(&args.trusted_proxies)
                 .map_err(ConfigError::TrustedProxies)?,
             forward_auth_throttle_status: match args.forward_auth_throttle_status {
@@ -165,6 +168,7 @@ impl Config {
             sources,
             watch_token_file: args.watch_token_file,
             reuse_port: args.reuse_port,
+            admin_listen: args.admin_listen,
             tls: match (&args.tls_cert, &args.tls_key) {
                 (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
                     cert: cert.clone(),

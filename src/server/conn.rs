@@ -56,11 +56,20 @@ pub(super) struct Context {
     pub(super) builder: auto::Builder<TokioExecutor>,
     pub(super) table: Arc<ConnectionTable>,
     pub(super) tls: Option<Arc<Tls>>,
+    /// This listener passes requests on to the upstream (gateway mode, and
+    /// not the `--admin-listen` listener).
+    pub(super) gateway: bool,
 }
 
 impl Context {
-    pub(super) fn new(app: Arc<App>, table: Arc<ConnectionTable>, tls: Option<Arc<Tls>>) -> Self {
+    pub(super) fn new(
+        app: Arc<App>,
+        table: Arc<ConnectionTable>,
+        tls: Option<Arc<Tls>>,
+        admin: bool,
+    ) -> Self {
         Context {
+            gateway: app.is_gateway() && !admin,
             builder: builder(app.max_header_bytes()),
             app,
             table,
@@ -158,7 +167,7 @@ impl Connection {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        if self.context.app.is_gateway() {
+        if self.context.gateway {
             Box::pin(self.serve_upgradeable(stream, activity, entry)).await;
             return;
         }
@@ -218,7 +227,7 @@ fn service(
     let app = context.app.clone();
     let seen = activity.clone();
     let tls = context.tls.is_some();
-    let gateway = app.is_gateway();
+    let gateway = context.gateway;
     service_fn(move |req: Request<Incoming>| {
         if seen.requests.load(Relaxed) == 0 {
             let protocol = if req.version() == Version::HTTP_2 {
@@ -387,7 +396,7 @@ mod size_tests {
             app.lifecycle(),
         ));
         let conn = Connection {
-            context: Arc::new(Context::new(app, table, None)),
+            context: Arc::new(Context::new(app, table, None, false)),
             peer,
             accepted: Instant::now(),
             permit: None,

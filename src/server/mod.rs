@@ -106,6 +106,7 @@ pub struct Server {
     limits: Limits,
     tls: Option<Arc<Tls>>,
     force: BoxFuture,
+    admin: bool,
 }
 
 impl Server {
@@ -116,7 +117,16 @@ impl Server {
             limits,
             tls: None,
             force: Box::pin(std::future::pending()),
+            admin: false,
         }
+    }
+
+    /// The `--admin-listen` listener of a gateway: it serves tokengate's own
+    /// routes (health, readiness, metrics, forward auth, OpenAPI) and passes
+    /// nothing on.
+    pub fn admin(mut self) -> Self {
+        self.admin = true;
+        self
     }
 
     /// Serves HTTPS instead: each connection first completes a TLS handshake
@@ -148,11 +158,12 @@ impl Server {
             limits,
             tls,
             force,
+            admin,
         } = self;
         let lifecycle = app.lifecycle();
         let table = Arc::new(ConnectionTable::new(limits.clone(), lifecycle.clone()));
         table.spawn_watchdog(deadlines::tick(&limits));
-        let context = Arc::new(Context::new(app, table.clone(), tls));
+        let context = Arc::new(Context::new(app, table.clone(), tls, admin));
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         let mut connections = JoinSet::new();
         let mut accept_errors = AcceptErrors::default();

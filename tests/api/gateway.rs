@@ -525,3 +525,63 @@ async fn h2c_client_in_front_of_an_http1_upstream() {
     assert_eq!(seen.target, "/orders?id=7");
     assert_eq!(seen.headers["host"], s.addr.to_string());
 }
+
+/// `--admin-listen`: tokengate's own routes there, every path of the main
+/// listener upstream (the binary, as an operator runs it).
+#[tokio::test]
+async fn admin_listener_takes_tokengates_own_routes() {
+    let up = Upstream_::default();
+    let addr = up.start().await;
+    let url = format!("http://{addr}");
+    let server = crate::support::Spawned::start(
+        &["--upstream", &url, "--admin-listen", "127.0.0.1:0"],
+        &[("TOKENGATE_TOKEN", "full-access-key-1")],
+    )
+    .await;
+    server.wait_for_log("admin endpoints on http://").await;
+    let log = server.log();
+    let admin: SocketAddr = log
+        .split("admin endpoints on http://")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in:\n{log}"));
+    // The main listener passes even /healthz on (with a key).
+    let r = send(
+        Proto::H1,
+        server.addr,
+        Method::GET,
+        "/healthz",
+        &[("x-token", "full-access-key-1")],
+    )
+    .await;
+    assert_eq!(r.text(), "upstream saw /healthz");
+    let r = send(Proto::H1, server.addr, Method::GET, "/healthz", &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // The admin listener answers itself and passes nothing on.
+    let before = up.count();
+    let r = send(Proto::H1, admin, Method::GET, "/healthz", &[]).await;
+    assert_eq!(r.text(), r#"{"status":"ok"}"#);
+    let r = send(
+        Proto::H1,
+        admin,
+        Method::GET,
+        "/orders",
+        &[("x-token", "full-access-key-1")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = send(
+        Proto::H1,
+        admin,
+        Method::GET,
+        "/auth/verify",
+        &[
+            ("x-token", "full-access-key-1"),
+            ("x-original-uri", "/orders"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(up.count(), before);
+}
