@@ -175,7 +175,7 @@ impl Connection {
         let _entry = entry;
         let _open = OpenConnection::new(self.context.app.clone());
         let io = TokioIo::new(ReadCounter::new(stream, activity.clone()));
-        let service = service(&self.context, &activity, self.peer.ip());
+        let service = standalone_service(&self.context, &activity, self.peer.ip());
         let conn = self.context.builder.serve_connection(io, service);
         // Pinned here and lent to `drive`: moving it into `drive`'s future
         // would make this task hold it twice.
@@ -191,7 +191,7 @@ impl Connection {
         let _permit = self.permit;
         let _open = OpenConnection::new(self.context.app.clone());
         let io = TokioIo::new(ReadCounter::new(stream, activity.clone()));
-        let service = service(&self.context, &activity, self.peer.ip());
+        let service = gateway_service(&self.context, &activity, self.peer.ip());
         let conn = self
             .context
             .builder
@@ -212,9 +212,45 @@ fn log_end<E: std::fmt::Display>(peer: SocketAddr, result: Option<Result<(), E>>
     }
 }
 
-/// The connection's service: counts requests for the watchdog and the
-/// protocol metric, then answers (or, in gateway mode, passes on).
-fn service(
+/// Counts a request for the watchdog and, at the first, the protocol metric.
+#[inline]
+fn count_request<B>(app: &App, seen: &Activity, req: &Request<B>) {
+    if seen.requests.load(Relaxed) == 0 {
+        let protocol = if req.version() == Version::HTTP_2 {
+            seen.h2.store(true, Relaxed);
+            Protocol::H2
+        } else {
+            Protocol::H1
+        };
+        app.metrics().accepted(protocol);
+    }
+    bump(&seen.requests);
+}
+
+/// The service of a standalone listener: every answer is prebuilt, at once.
+fn standalone_service(
+    context: &Arc<Context>,
+    activity: &Arc<Activity>,
+    peer_ip: std::net::IpAddr,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<crate::responses::Body>,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Response<crate::responses::Body>, Infallible>>,
+> + Clone {
+    let app = context.app.clone();
+    let seen = activity.clone();
+    service_fn(move |req: Request<Incoming>| {
+        count_request(&app, &seen, &req);
+        // The request (and its body, unread) is dropped here: hyper then
+        // closes an HTTP/1 connection whose body was not consumed.
+        std::future::ready(Ok(app.handle(&req, peer_ip)))
+    })
+}
+
+/// The service of a gateway listener: tokengate's own answers, or the
+/// upstream's, streamed.
+fn gateway_service(
     context: &Arc<Context>,
     activity: &Arc<Activity>,
     peer_ip: std::net::IpAddr,
@@ -227,23 +263,8 @@ fn service(
     let app = context.app.clone();
     let seen = activity.clone();
     let tls = context.tls.is_some();
-    let gateway = context.gateway;
     service_fn(move |req: Request<Incoming>| {
-        if seen.requests.load(Relaxed) == 0 {
-            let protocol = if req.version() == Version::HTTP_2 {
-                seen.h2.store(true, Relaxed);
-                Protocol::H2
-            } else {
-                Protocol::H1
-            };
-            app.metrics().accepted(protocol);
-        }
-        bump(&seen.requests);
-        if !gateway {
-            // The request (and its body, unread) is dropped here: hyper
-            // then closes an HTTP/1 connection whose body was not consumed.
-            return Reply::Ready(Some(app.handle(&req, peer_ip).map(Either::Left)));
-        }
+        count_request(&app, &seen, &req);
         match app.gateway_step(&req, peer_ip, tls) {
             Step::Respond(response) => Reply::Ready(Some(response.map(Either::Left))),
             Step::Forward(forward) => {
