@@ -27,7 +27,7 @@ pub enum HeadProblem {
 }
 
 /// Checks the head of `req` against `max_header_bytes` (`--max-header-bytes`).
-#[inline]
+#[inline(always)]
 pub fn check<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), HeadProblem> {
     let uri = req.uri();
     if target_len(uri) > MAX_TARGET_BYTES {

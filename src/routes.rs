@@ -258,7 +258,7 @@ impl Router {
     }
 
     /// Matches a request's path.
-    #[inline]
+    #[inline(always)]
     pub fn find<B>(&self, req: &Request<B>) -> Match<'_> {
         let path = normalize(req.uri().path());
         if let Some(route) = self.routes.iter().find(|r| r.route.matches(&path)) {
