@@ -585,3 +585,92 @@ async fn admin_listener_takes_tokengates_own_routes() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(up.count(), before);
 }
+
+/// An `https://` upstream with a private CA (`--upstream-ca`), and HTTP/2 to
+/// it by ALPN (`--upstream-http2`).
+#[tokio::test]
+async fn https_upstream_with_a_private_ca() {
+    use std::sync::Arc as StdArc;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let der = certified.cert.der().clone();
+    let key =
+        rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
+    let provider = StdArc::new(rustls::crypto::ring::default_provider());
+    for http2 in [false, true] {
+        let mut server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key.clone_key())
+            .unwrap();
+        server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(StdArc::new(server_config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = service_fn(|req: Request<Incoming>| async move {
+                        let body =
+                            format!("tls upstream saw {:?} {}", req.version(), req.uri().path());
+                        Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
+                            body,
+                        ))))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        let config = AppConfig {
+            gateway: Some(GatewayConfig {
+                upstream: Upstream::parse(&format!("https://localhost:{port}")).unwrap(),
+                upstream_host: None,
+                timeout: Duration::from_secs(30),
+                ca: vec![der.clone()],
+                http2,
+                public: Vec::new(),
+            }),
+            ..AppConfig::default()
+        };
+        let s = TestServer::with(keys_from(KEYS), config, Limits::default()).await;
+        let r = send(
+            Proto::H1,
+            s.addr,
+            Method::GET,
+            "/secure",
+            &[("x-token", "full-access-key-1")],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let want = if http2 { "HTTP/2.0" } else { "HTTP/1.1" };
+        assert_eq!(r.text(), format!("tls upstream saw {want} /secure"));
+        // Without the CA the upstream's certificate is refused: 502.
+        let untrusting = AppConfig {
+            gateway: Some(GatewayConfig {
+                upstream: Upstream::parse(&format!("https://localhost:{port}")).unwrap(),
+                upstream_host: None,
+                timeout: Duration::from_secs(30),
+                ca: Vec::new(),
+                http2,
+                public: Vec::new(),
+            }),
+            ..AppConfig::default()
+        };
+        let s = TestServer::with(keys_from(KEYS), untrusting, Limits::default()).await;
+        let r = send(
+            Proto::H1,
+            s.addr,
+            Method::GET,
+            "/secure",
+            &[("x-token", "full-access-key-1")],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    }
+}
