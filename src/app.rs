@@ -204,6 +204,11 @@ impl App {
         self.lifecycle.clone()
     }
 
+    /// The gateway's upgraded connections, for the drain.
+    pub fn tunnels(&self) -> Option<&Arc<crate::gateway::tunnels::Tunnels>> {
+        self.gateway.as_ref().map(Gateway::tunnels)
+    }
+
     /// Whether requests that match no route of tokengate's go upstream.
     pub fn is_gateway(&self) -> bool {
         self.gateway.is_some()

@@ -15,11 +15,12 @@
 //!   rustls with the webpki roots and `--upstream-ca`), one request upstream
 //!   and its response back, bodies streamed, upgrades passed through, 502/504.
 //!
-//! Not built yet: `--admin-listen`, draining upgraded connections at the
-//! shutdown deadline, and the gateway's benchmarks.
+//! * [`tunnels`] — upgraded connections, counted so the drain waits for them
+//!   and closes them at its deadline.
 
 pub mod headers;
 pub mod proxy;
+pub mod tunnels;
 pub mod upstream;
 
 use std::path::Path;

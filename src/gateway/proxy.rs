@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use super::GatewayConfig;
 use super::headers::{Hop, for_client, for_upstream};
+use super::tunnels::Tunnels;
 use super::upstream::Upstream;
 use crate::keys::Scope;
 use crate::metrics::{Metrics, UpstreamError};
@@ -36,6 +37,7 @@ pub struct Gateway {
     timeout: Duration,
     upstream_host: Option<HeaderValue>,
     public: Vec<Scope>,
+    tunnels: Arc<Tunnels>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -95,7 +97,13 @@ impl Gateway {
             timeout: config.timeout,
             upstream_host: config.upstream_host.clone(),
             public: config.public.clone(),
+            tunnels: Arc::default(),
         }
+    }
+
+    /// The upgraded connections handed through.
+    pub fn tunnels(&self) -> &Arc<Tunnels> {
+        &self.tunnels
     }
 
     /// Whether `method` on `path` (normalised) is a `--public` path.
@@ -188,7 +196,7 @@ impl Gateway {
         for_client(response.headers_mut(), upgrade && switching);
         if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(async move {
+            self.tunnels.spawn(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client, upstream)) => {
                         let mut client = TokioIo::new(client);

@@ -226,24 +226,43 @@ impl Server {
         }
         while connections.try_join_next().is_some() {}
         if forced {
-            return force_close(&mut connections).await;
+            let open_tunnels = context.app.tunnels().map_or(0, |t| t.open());
+            if let Some(tunnels) = context.app.tunnels() {
+                tunnels.close_all();
+            }
+            return force_close(&mut connections, open_tunnels).await;
         }
         info!(
             open_connections = connections.len(),
             "shutting down: stopped accepting, draining connections"
         );
         table.drain(Instant::now());
+        // Gateway mode: upgraded connections (tunnels) are drained too.
+        let tunnels = context.app.tunnels().cloned();
         let drained = tokio::select! {
             drained = tokio::time::timeout(limits.shutdown_timeout, async {
                 while connections.join_next().await.is_some() {}
+                if let Some(tunnels) = &tunnels {
+                    tunnels.all_closed().await;
+                }
             }) => drained.is_ok(),
-            () = &mut force => return force_close(&mut connections).await,
+            () = &mut force => {
+                let open_tunnels = tunnels.as_ref().map_or(0, |t| t.open());
+                if let Some(tunnels) = &tunnels {
+                    tunnels.close_all();
+                }
+                return force_close(&mut connections, open_tunnels).await;
+            }
         };
         if drained {
             info!("shutdown complete");
             return Stopped::Drained;
         }
-        let dropped = connections.len();
+        let open_tunnels = tunnels.as_ref().map_or(0, |t| t.open());
+        if let Some(tunnels) = &tunnels {
+            tunnels.close_all();
+        }
+        let dropped = connections.len() + open_tunnels;
         warn!(
             dropped_connections = dropped,
             timeout = ?limits.shutdown_timeout,
@@ -293,8 +312,8 @@ fn accept_queued(
     }
 }
 
-async fn force_close(connections: &mut JoinSet<()>) -> Stopped {
-    let dropped = connections.len();
+async fn force_close(connections: &mut JoinSet<()>, open_tunnels: usize) -> Stopped {
+    let dropped = connections.len() + open_tunnels;
     warn!(
         dropped_connections = dropped,
         "second stop signal: exiting now, dropping connections still open"

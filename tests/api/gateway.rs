@@ -674,3 +674,42 @@ async fn https_upstream_with_a_private_ca() {
         assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     }
 }
+
+/// The drain waits for tunnels, and closes those still open at its deadline.
+#[tokio::test]
+async fn tunnels_still_open_at_the_drain_deadline_are_closed() {
+    let up = Upstream_::default();
+    let addr = up.start().await;
+    let limits = Limits {
+        shutdown_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let s = TestServer::with(
+        keys_from(KEYS),
+        gateway_config(addr, Duration::from_secs(30)),
+        limits,
+    )
+    .await;
+    let mut stream = TcpStream::connect(s.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nX-Token: full-access-key-1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1);
+        head.push(byte[0]);
+    }
+    stream.write_all(b"hello").await.unwrap();
+    let mut echo = [0u8; 5];
+    stream.read_exact(&mut echo).await.unwrap();
+    // The tunnel is open and idle when shutdown begins: the drain waits the
+    // whole deadline for it, then closes it.
+    let outcome = s.stop_with_outcome().await;
+    assert_eq!(outcome, Some(tokengate::Stopped::DeadlineReached(1)));
+    let closed = crate::support::closed_within(&mut stream, Duration::from_secs(30)).await;
+    assert!(closed.is_some(), "the tunnel outlived the drain");
+}

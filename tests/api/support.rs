@@ -64,16 +64,22 @@ impl TestServer {
     }
 
     /// Begins the graceful shutdown and waits for `serve` to return.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_with_outcome().await;
+    }
+
+    /// [`TestServer::stop`], returning how the drain ended.
+    pub async fn stop_with_outcome(mut self) -> Option<tokengate::Stopped> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(handle) = self.handle.take() {
+        let handle = self.handle.take()?;
+        Some(
             tokio::time::timeout(Duration::from_secs(30), handle)
                 .await
                 .expect("serve returns after shutdown")
-                .unwrap();
-        }
+                .unwrap(),
+        )
     }
 }
 
