@@ -26,6 +26,9 @@ use crate::routes::{
 };
 use crate::throttle::ThrottleConfig;
 
+/// The `route` label of requests passed on to the upstream.
+pub const UPSTREAM_LABEL: &str = "upstream";
+
 /// Settings of the application that are not keys.
 #[derive(Clone, Debug)]
 pub struct AppConfig {
@@ -114,6 +117,8 @@ pub struct App {
     max_header_bytes: usize,
     /// The route index that stands for "no route".
     other: RouteIndex,
+    /// The route index of requests passed on upstream (gateway mode).
+    upstream_route: RouteIndex,
     access_log: bool,
     /// Metrics are recorded (`--metrics on`).
     metrics_on: bool,
@@ -142,7 +147,11 @@ impl App {
         config: &AppConfig,
         access_log_dropped: Option<DroppedSource>,
     ) -> Self {
-        let labels = Router::labels(table);
+        let mut labels = Router::labels(table);
+        if config.gateway.is_some() {
+            // Requests passed on to the upstream (gateway mode).
+            labels.push(UPSTREAM_LABEL);
+        }
         let metrics = Metrics::new(&labels, access_log_dropped);
         let doc = config.openapi.then(|| {
             openapi::document(
@@ -178,6 +187,7 @@ impl App {
             lifecycle: Arc::default(),
             max_header_bytes: config.max_header_bytes,
             other: RouteIndex(table.len()),
+            upstream_route: RouteIndex(table.len() + 1),
             access_log: config.access_log,
             metrics_on: config.metrics,
         }
@@ -231,6 +241,7 @@ impl App {
         let path = crate::routes::normalize(req.uri().path());
         let forward = |key_label| Forward {
             peer,
+            client,
             peer_trusted: self.trusted.contains(peer),
             proto: if tls { "https" } else { "http" },
             key_label,
@@ -259,10 +270,47 @@ impl App {
         let Some(gateway) = &self.gateway else {
             return self.responses.not_found.respond(false).map(Either::Left);
         };
+        let start = Instant::now();
+        // Only with the access log: what its line needs once `req` is gone.
+        let logged = self.access_log.then(|| {
+            (
+                req.method().clone(),
+                req.uri().path().to_owned(),
+                req.version(),
+                forward.peer,
+                forward.client,
+                forward.key_label.clone(),
+            )
+        });
         let metrics = self.metrics_on.then_some(&self.metrics);
-        gateway
+        let response = gateway
             .forward(req, forward, &self.token_header, &self.responses, metrics)
-            .await
+            .await;
+        let elapsed = start.elapsed();
+        if self.metrics_on {
+            self.metrics
+                .record(self.upstream_route, response.status(), elapsed);
+        }
+        if let Some((method, path, version, peer, client, label)) = logged {
+            let key = label.as_ref().and_then(|l| l.to_str().ok()).unwrap_or("-");
+            let bytes = http_body::Body::size_hint(response.body())
+                .exact()
+                .map_or_else(|| "-".to_owned(), |n| n.to_string());
+            tracing::info!(
+                target: "tokengate::access",
+                peer = %peer,
+                client = %client,
+                upstream = true,
+                method = %method,
+                path = %path,
+                protocol = ?version,
+                status = response.status().as_u16(),
+                bytes = %bytes,
+                duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                key = %key,
+            );
+        }
+        response
     }
 
     /// `--max-header-bytes`.

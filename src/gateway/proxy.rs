@@ -52,6 +52,8 @@ impl std::fmt::Debug for Gateway {
 pub struct Forward {
     /// The connecting peer.
     pub peer: IpAddr,
+    /// The client address (the peer, or what a trusted proxy says).
+    pub client: IpAddr,
     /// Whether the peer is a trusted proxy.
     pub peer_trusted: bool,
     /// `https` when the client reached tokengate over TLS.

@@ -713,3 +713,65 @@ async fn tunnels_still_open_at_the_drain_deadline_are_closed() {
     let closed = crate::support::closed_within(&mut stream, Duration::from_secs(30)).await;
     assert!(closed.is_some(), "the tunnel outlived the drain");
 }
+
+/// Proxied requests are counted under `route="upstream"` and get an
+/// access-log line (the binary, with `--access-log`).
+#[tokio::test]
+async fn proxied_requests_are_counted_and_logged() {
+    let up = Upstream_::default();
+    let addr = up.start().await;
+    let url = format!("http://{addr}");
+    let mut cmd = crate::support::command(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &url,
+            "--access-log",
+        ],
+        &[("TOKENGATE_TOKEN", "full-access-key-1")],
+    );
+    let mut child = cmd.spawn().unwrap();
+    let (gw, _lines) = crate::support::wait_for_address(&mut child).await;
+    let r = send(
+        Proto::H1,
+        gw,
+        Method::GET,
+        "/orders?secret-query=1",
+        &[("x-token", "full-access-key-1")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let m = send(
+        Proto::H1,
+        gw,
+        Method::GET,
+        "/metrics",
+        &[("x-token", "full-access-key-1")],
+    )
+    .await;
+    assert!(
+        m.text()
+            .contains(r#"tokengate_requests_total{route="upstream",status="200"} 1"#),
+        "{}",
+        m.text()
+    );
+    assert!(
+        m.text()
+            .contains(r#"tokengate_upstream_requests_total{status="200"} 1"#)
+    );
+    let out = crate::support::terminate(child).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("upstream=true"))
+        .unwrap_or_else(|| panic!("no access line for the proxied request:\n{stdout}"));
+    assert!(
+        line.contains("path=/orders") && line.contains("status=200") && line.contains("key=env"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("secret-query") && !line.contains("full-access-key-1"),
+        "{line}"
+    );
+}

@@ -13,7 +13,8 @@ use tokengate::{AppConfig, Limits};
 use tokio::io::AsyncBufReadExt;
 
 use crate::support::{
-    BOTH, KEY, Spawned, TempDir, TestServer, command, get, keys, raw, request, statuses, wait_until,
+    BOTH, KEY, Spawned, TempDir, TestServer, command, get, keys, raw, request, statuses, terminate,
+    wait_until,
 };
 
 #[tokio::test]
@@ -610,16 +611,4 @@ async fn stalled_access_log_drops_lines_instead_of_stalling() {
         "no line was dropped although stdout was never read"
     );
     let _ = child.kill().await;
-}
-
-/// SIGTERM, then the exit status and output; the exit must be clean.
-async fn terminate(child: tokio::process::Child) -> std::process::Output {
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().await.unwrap();
-    assert!(out.status.success(), "exit: {:?}", out.status);
-    out
 }

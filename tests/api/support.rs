@@ -479,3 +479,19 @@ pub fn keys_from(text: &str) -> KeySet {
     tokengate::keys::file::parse_key_file(text, "test-keys", &mut set).unwrap();
     set
 }
+
+/// Sends SIGTERM to a child spawned with piped output and collects all of it
+/// after a clean exit (the access log is flushed on the way out).
+pub async fn terminate(child: Child) -> std::process::Output {
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the server exits")
+        .unwrap();
+    assert!(out.status.success(), "exit: {:?}", out.status);
+    out
+}
