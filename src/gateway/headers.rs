@@ -36,7 +36,7 @@ pub struct Hop<'a> {
     /// `http` or `https`: how the client reached tokengate.
     pub proto: &'static str,
     /// The host the client asked for (`Host`, or HTTP/2's `:authority`).
-    pub host: Option<&'a str>,
+    pub host: Option<&'a HeaderValue>,
     /// The header that carries the token (`--token-header`).
     pub token_header: &'a HeaderName,
     /// The accepted key's label; `None` for a public path.
@@ -90,29 +90,30 @@ pub fn for_upstream(headers: &mut HeaderMap, hop: &Hop<'_>) {
     if let Some(label) = hop.key_label {
         headers.insert(KEY_LABEL, label.clone());
     }
-    let chain = if hop.peer_trusted {
+    let forwarded_for = if hop.peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let previous: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        let mut chain = previous.join(", ");
-        if !chain.is_empty() {
-            chain.push_str(", ");
-        }
-        chain
+        HeaderValue::try_from(format!("{}, {}", previous.join(", "), hop.peer)).ok()
     } else {
-        String::new()
+        // The common case: just the peer, formatted on the stack and copied
+        // once into the header value.
+        let mut buf = [0u8; 48];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{}", hop.peer));
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
+        HeaderValue::from_bytes(&buf[..len]).ok()
     };
-    let chain = format!("{chain}{}", hop.peer);
     headers.remove(&X_FORWARDED_FOR);
-    if let Ok(value) = HeaderValue::try_from(chain) {
+    if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
     headers.remove(&X_FORWARDED_HOST);
-    if let Some(host) = hop.host.and_then(|h| HeaderValue::try_from(h).ok()) {
-        headers.insert(X_FORWARDED_HOST, host);
+    if let Some(host) = hop.host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
     if hop.upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -149,6 +150,7 @@ mod tests {
     use super::*;
 
     static TOKEN_HEADER: HeaderName = HeaderName::from_static("x-token");
+    static HOST_VALUE: HeaderValue = HeaderValue::from_static("api.example");
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -166,7 +168,7 @@ mod tests {
             peer: "192.0.2.10".parse().unwrap(),
             peer_trusted: trusted,
             proto: "https",
-            host: Some("api.example"),
+            host: Some(&HOST_VALUE),
             token_header: &TOKEN_HEADER,
             key_label: label,
             upgrade,

@@ -126,12 +126,13 @@ impl Gateway {
         let started = Instant::now();
         let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let host = req
-            .headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+        // A clone of the client's `Host` shares its bytes; only HTTP/2's
+        // `:authority` is copied into a header value.
+        let host = req.headers().get(HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let target = req
             .uri()
             .path_and_query()
@@ -144,7 +145,7 @@ impl Gateway {
                 peer: hop.peer,
                 peer_trusted: hop.peer_trusted,
                 proto: hop.proto,
-                host: host.as_deref(),
+                host: host.as_ref(),
                 token_header,
                 key_label: hop.key_label.as_ref(),
                 upgrade,
@@ -155,9 +156,7 @@ impl Gateway {
                 parts.headers.insert(HOST, forced.clone());
             }
             (None, Some(host)) => {
-                if let Ok(value) = HeaderValue::try_from(host) {
-                    parts.headers.insert(HOST, value);
-                }
+                parts.headers.insert(HOST, host);
             }
             (None, None) => {}
         }

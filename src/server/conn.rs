@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 use std::time::Instant;
 
+use futures_util::future;
 use http::{Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -258,18 +259,22 @@ fn gateway_service(
     Request<Incoming>,
     Response = Response<ServiceBody>,
     Error = Infallible,
-    Future = Reply,
-> + Clone {
+    Future = impl Future<Output = Result<Response<ServiceBody>, Infallible>> + Send + use<>,
+> + Clone
++ use<> {
     let app = context.app.clone();
     let seen = activity.clone();
     let tls = context.tls.is_some();
     service_fn(move |req: Request<Incoming>| {
         count_request(&app, &seen, &req);
+        // Either future inline: a proxied request costs no boxed future.
         match app.gateway_step(&req, peer_ip, tls) {
-            Step::Respond(response) => Reply::Ready(Some(response.map(Either::Left))),
+            Step::Respond(response) => {
+                future::Either::Left(std::future::ready(Ok(response.map(Either::Left))))
+            }
             Step::Forward(forward) => {
                 let app = app.clone();
-                Reply::Proxy(Box::pin(async move { app.forward(req, forward).await }))
+                future::Either::Right(async move { Ok(app.forward(req, forward).await) })
             }
         }
     })
@@ -343,26 +348,6 @@ where
         }
     })
     .await
-}
-
-/// The service's future: a prebuilt answer at once, or a proxied one.
-enum Reply {
-    Ready(Option<Response<ServiceBody>>),
-    Proxy(Pin<Box<dyn Future<Output = Response<ServiceBody>> + Send>>),
-}
-
-impl Future for Reply {
-    type Output = Result<Response<ServiceBody>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            // hyper polls a service future until it is ready, once.
-            Reply::Ready(response) => Poll::Ready(Ok(response
-                .take()
-                .unwrap_or_else(|| Response::new(Either::Left(Default::default()))))),
-            Reply::Proxy(future) => future.as_mut().poll(cx).map(Ok),
-        }
-    }
 }
 
 /// Runs `fut` until it completes (`Some`) or the watchdog aborts the
