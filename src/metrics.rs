@@ -140,6 +140,9 @@ pub struct Metrics {
     /// `tokengate_key_expiry_timestamp_seconds{key}`, per key with `expires=`.
     key_expiry: Family<KeyLabel, Gauge>,
     upstream_requests: Family<StatusLabel, Counter>,
+    /// The upstream statuses of [`STATUSES`] resolved once (a family lookup
+    /// hashes and locks).
+    upstream_known: Vec<Counter>,
     upstream_errors: [Counter; 3],
     upstream_duration: Histogram,
     open_connections: Gauge,
@@ -235,6 +238,10 @@ impl Metrics {
             "Requests the gateway passed on, by the upstream's status",
             upstream_requests.clone(),
         );
+        let upstream_known = STATUSES
+            .iter()
+            .map(|&(status, _)| upstream_requests.get_or_create_owned(&StatusLabel { status }))
+            .collect();
         let upstream_errors_family = Family::<KindLabel, Counter>::default();
         registry.register(
             "upstream_errors",
@@ -312,6 +319,7 @@ impl Metrics {
             throttled,
             key_expiry,
             upstream_requests,
+            upstream_known,
             upstream_errors,
             upstream_duration,
             open_connections,
@@ -382,11 +390,21 @@ impl Metrics {
 
     /// The upstream answered with `status` after `elapsed`.
     pub fn upstream_answered(&self, status: StatusCode, elapsed: Duration) {
-        self.upstream_requests
-            .get_or_create(&StatusLabel {
-                status: status.as_u16(),
-            })
-            .inc();
+        match STATUSES
+            .iter()
+            .position(|&(code, _)| code == status.as_u16())
+        {
+            Some(i) => {
+                self.upstream_known[i].inc();
+            }
+            None => {
+                self.upstream_requests
+                    .get_or_create(&StatusLabel {
+                        status: status.as_u16(),
+                    })
+                    .inc();
+            }
+        }
         self.upstream_duration.observe(elapsed.as_secs_f64());
     }
 
