@@ -160,6 +160,7 @@ impl App {
                     token_header: config.token_header.as_str(),
                     metrics_public: config.metrics_public,
                     metrics_off: !config.metrics,
+                    gateway: config.gateway.is_some(),
                 },
             )
         });
@@ -255,11 +256,21 @@ impl App {
             .check(req.headers(), client, req.method(), &path, metrics);
         match self.denial(&decided.outcome, head) {
             Some(response) => {
+                let elapsed = start.elapsed();
                 if self.metrics_on {
-                    self.metrics
-                        .record(self.other, response.status(), start.elapsed());
+                    self.metrics.record(self.other, response.status(), elapsed);
                 }
-                Step::Respond(response)
+                let answer = Answer {
+                    response,
+                    route: self.other,
+                    auth: Some(decided.outcome),
+                    client,
+                    original: None,
+                };
+                if self.access_log {
+                    self.log_access(req, peer, &answer, elapsed);
+                }
+                Step::Respond(answer.response)
             }
             None => Step::Forward(forward(decided.key().map(|k| k.label_value().clone()))),
         }

@@ -16,6 +16,8 @@ pub struct DocOptions<'a> {
     pub metrics_public: bool,
     /// `--metrics off`: no `/metrics`.
     pub metrics_off: bool,
+    /// Gateway mode: the contract routes belong to the upstream.
+    pub gateway: bool,
 }
 
 fn detail_response(description: &str) -> Value {
@@ -108,6 +110,9 @@ pub fn document(table: &[Route], options: DocOptions<'_>) -> Value {
     let mut paths = Map::new();
     for route in table {
         if options.metrics_off && route.handler == Handler::Metrics {
+            continue;
+        }
+        if options.gateway && matches!(route.handler, Handler::Message(_)) {
             continue;
         }
         let protected = match route.handler {
@@ -245,6 +250,7 @@ mod tests {
                 token_header: "x-token",
                 metrics_public: false,
                 metrics_off: false,
+                gateway: false,
             },
         );
         for route in ROUTES {

@@ -775,3 +775,15 @@ async fn proxied_requests_are_counted_and_logged() {
         "{line}"
     );
 }
+
+/// In gateway mode the OpenAPI document no longer claims the contract routes.
+#[tokio::test]
+async fn openapi_in_gateway_mode_leaves_the_contract_routes_out() {
+    let (s, _up) = gateway(Duration::from_secs(30)).await;
+    let r = send(Proto::H1, s.addr, Method::GET, "/openapi.json", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(doc["paths"]["/public"].is_null());
+    assert!(doc["paths"]["/protected"].is_null());
+    assert!(doc["paths"]["/auth/verify"].is_object());
+}
