@@ -411,8 +411,61 @@ async fn watched_secret_symlink_swap_reloads() {
     assert_eq!(status_with(server.addr, "first-key-0001").await, 401);
 }
 
+/// `net.ipv4.tcp_migrate_req`, set to 1 for the hand-over test and restored
+/// after it: with 0 (the kernel default), a SYN that lands on the old listener
+/// between its last accept and its close is reset — the microsecond window the
+/// README documents. The test enables migration when it may (root), and
+/// otherwise checks that failures are only such resets, and rare.
+struct MigrateReq {
+    restore: Option<String>,
+    enabled: bool,
+}
+
+impl MigrateReq {
+    const PATH: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+    fn enable() -> MigrateReq {
+        let before = std::fs::read_to_string(Self::PATH).unwrap_or_default();
+        if before.trim() == "1" {
+            return MigrateReq {
+                restore: None,
+                enabled: true,
+            };
+        }
+        let enabled = std::fs::write(Self::PATH, "1").is_ok();
+        MigrateReq {
+            restore: enabled.then_some(before),
+            enabled,
+        }
+    }
+}
+
+impl Drop for MigrateReq {
+    fn drop(&mut self) {
+        if let Some(before) = self.restore.take() {
+            let _ = std::fs::write(Self::PATH, before.trim());
+        }
+    }
+}
+
+/// One request on a new connection; `Err` when the connection was reset
+/// before any byte of an answer arrived.
+async fn fresh_request(addr: SocketAddr) -> Result<String, std::io::Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(&request("GET", "/public", None, ""))
+        .await?;
+    let mut out = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await {
+        Ok(Err(e)) if out.is_empty() => Err(e),
+        _ => Ok(String::from_utf8_lossy(&out).into_owned()),
+    }
+}
+
 #[tokio::test]
 async fn reuse_port_hand_over_drops_no_request() {
+    let migrate = MigrateReq::enable();
     // The first instance picks a free port; the second joins it.
     let mut old = Spawned::start(&["--reuse-port"], &[]).await;
     let addr = old.addr;
@@ -427,21 +480,23 @@ async fn reuse_port_hand_over_drops_no_request() {
     let counter = sent.clone();
     let client = tokio::spawn(async move {
         let mut failures = Vec::new();
+        let mut resets = 0;
         let mut after = 0;
         for i in 0..50_000 {
             counter.store(i, Relaxed);
-            let got = raw(addr, &request("GET", "/public", None, "")).await;
-            if statuses(&got) != [200] {
-                failures.push((i, got));
+            match fresh_request(addr).await {
+                Ok(got) if statuses(&got) == [200] => {}
+                Ok(got) => failures.push((i, got)),
+                Err(_) => resets += 1,
             }
             if gone.load(std::sync::atomic::Ordering::Relaxed) {
                 after += 1;
                 if after >= 300 {
-                    return (failures, i + 1);
+                    return (failures, resets, i + 1);
                 }
             }
         }
-        (failures, 50_000)
+        (failures, resets, 50_000)
     });
     // Both instances are up and the client is busy: stop the old one.
     assert!(
@@ -453,7 +508,17 @@ async fn reuse_port_hand_over_drops_no_request() {
     old.signal("-TERM");
     assert!(old.wait().await.success());
     old_gone.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (failures, sent) = client.await.unwrap();
+    let (failures, resets, sent) = client.await.unwrap();
+    if migrate.enabled {
+        assert_eq!(resets, 0, "{resets} of {sent} connections were reset");
+    } else {
+        // Without migration only the documented close window may reset a
+        // connection, and only before it got any answer.
+        assert!(
+            resets * 100 <= sent,
+            "{resets} of {sent} connections were reset"
+        );
+    }
     assert!(
         failures.is_empty(),
         "{} of {sent} requests failed: {:?}",
