@@ -60,13 +60,7 @@ pub fn for_upstream(headers: &mut HeaderMap, hop: &Hop<'_>) {
     }
 
     // 1. Strip: what `Connection` names, then the hop-by-hop fields.
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+    let named = connection_named(headers);
     for name in named {
         // `Host` is end-to-end whatever `Connection` says: naming it would
         // let a client strip the routing field of the upstream request.
@@ -147,6 +141,18 @@ fn add_own(headers: &mut HeaderMap, hop: &Hop<'_>) {
     }
 }
 
+/// The fields a `Connection` header names (`Connection: close, x-hop`), as
+/// names; bounded by the head-size limit.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
+}
+
 /// Which strippable fields a request carries.
 #[derive(Default)]
 struct Present {
@@ -180,13 +186,7 @@ impl Present {
 /// The hop-by-hop fields of a response head, stripped before it goes back
 /// to the client (the same rules: what `Connection` names, then the fields).
 pub fn for_client(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+    let named = connection_named(headers);
     for name in named {
         if !(upgrade && name == UPGRADE) {
             headers.remove(&name);
