@@ -1,8 +1,7 @@
-//! Gateway mode (issue 10, in progress): tokengate in front of one HTTP
-//! service, checking keys and passing requests on.
-//!
-//! What is here so far are the pieces that decide what the upstream receives,
-//! written and tested on their own before the proxy path uses them:
+//! Gateway mode (`--upstream`): tokengate in front of one HTTP service,
+//! checking keys and passing requests on. `App::gateway_step` decides
+//! (tokengate's own routes, head problems and denials are answered here);
+//! what passes goes through:
 //!
 //! * [`headers`] — header hygiene: hop-by-hop fields stripped first (with
 //!   every field `Connection` names), then tokengate's own fields set, so a
@@ -10,11 +9,9 @@
 //!   client-sent `x-auth-key-label` never reach the upstream.
 //! * [`upstream`] — the `--upstream` URL, and the target the upstream gets:
 //!   its path prefix, then the client's path and query byte for byte.
-//!
 //! * [`proxy`] — the pooled keep-alive client (hyper-util's legacy client,
 //!   rustls with the webpki roots and `--upstream-ca`), one request upstream
 //!   and its response back, bodies streamed, upgrades passed through, 502/504.
-//!
 //! * [`tunnels`] — upgraded connections, counted so the drain waits for them
 //!   and closes them at its deadline.
 
