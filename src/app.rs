@@ -101,6 +101,24 @@ pub enum Step {
     Forward(Forward),
 }
 
+/// A gateway request rewritten for the upstream, not yet sent.
+pub struct Pending {
+    start: Instant,
+    prepared: Option<crate::gateway::proxy::Prepared>,
+    logged: Option<Box<Logged>>,
+}
+
+/// What a proxied request's access-log line needs once the request is gone
+/// (boxed: kept out of the future unless the access log is on).
+struct Logged {
+    method: Method,
+    path: String,
+    version: http::Version,
+    peer: IpAddr,
+    client: IpAddr,
+    label: Option<http::HeaderValue>,
+}
+
 /// The application: route table, guard and prebuilt responses.
 pub struct App {
     router: Router,
@@ -246,6 +264,7 @@ impl App {
             peer_trusted: self.trusted.contains(peer),
             proto: if tls { "https" } else { "http" },
             key_label,
+            start,
         };
         if gateway.is_public(req.method(), &path) {
             return Step::Forward(forward(None));
@@ -276,33 +295,58 @@ impl App {
         }
     }
 
-    /// Gateway mode: passes `req` on and streams the answer back.
-    pub async fn forward(&self, req: Request<Incoming>, forward: Forward) -> Response<ServiceBody> {
-        let Some(gateway) = &self.gateway else {
-            return self.responses.not_found.respond(false).map(Either::Left);
-        };
-        let start = Instant::now();
+    /// Gateway mode: rewrites `req` for the upstream (synchronously, in the
+    /// service call), then [`App::forward`] sends it.
+    pub fn prepare_forward(&self, req: Request<Incoming>, forward: Forward) -> Pending {
+        let start = forward.start;
         // Only with the access log: what its line needs once `req` is gone.
         let logged = self.access_log.then(|| {
-            (
-                req.method().clone(),
-                req.uri().path().to_owned(),
-                req.version(),
-                forward.peer,
-                forward.client,
-                forward.key_label.clone(),
-            )
+            Box::new(Logged {
+                method: req.method().clone(),
+                path: req.uri().path().to_owned(),
+                version: req.version(),
+                peer: forward.peer,
+                client: forward.client,
+                label: forward.key_label.clone(),
+            })
         });
+        let prepared = self
+            .gateway
+            .as_ref()
+            .map(|gateway| gateway.prepare(req, &forward, &self.token_header));
+        Pending {
+            start,
+            prepared,
+            logged,
+        }
+    }
+
+    /// Gateway mode: sends a prepared request and streams the answer back.
+    pub async fn forward(&self, pending: Pending) -> Response<ServiceBody> {
+        let Pending {
+            start,
+            prepared,
+            logged,
+        } = pending;
+        let (Some(gateway), Some(prepared)) = (&self.gateway, prepared) else {
+            return self.responses.not_found.respond(false).map(Either::Left);
+        };
         let metrics = self.metrics_on.then_some(&self.metrics);
-        let response = gateway
-            .forward(req, forward, &self.token_header, &self.responses, metrics)
-            .await;
+        let response = gateway.send(prepared, &self.responses, metrics).await;
         let elapsed = start.elapsed();
         if self.metrics_on {
             self.metrics
                 .record(self.upstream_route, response.status(), elapsed);
         }
-        if let Some((method, path, version, peer, client, label)) = logged {
+        if let Some(logged) = logged {
+            let Logged {
+                method,
+                path,
+                version,
+                peer,
+                client,
+                label,
+            } = *logged;
             let key = label.as_ref().and_then(|l| l.to_str().ok()).unwrap_or("-");
             let bytes = http_body::Body::size_hint(response.body())
                 .exact()

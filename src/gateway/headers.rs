@@ -49,65 +49,59 @@ pub struct Hop<'a> {
 pub fn for_upstream(headers: &mut HeaderMap, hop: &Hop<'_>) {
     // Which of the fields to strip are there at all: one pass over the
     // request's fields (comparing names, no hashing) spares a hashed
-    // `remove` for every absent one — most requests carry none of them.
-    let mut present = Present::default();
-    for name in headers.keys() {
-        present.see(name, hop.token_header);
-    }
-    if present.none() {
-        add_own(headers, hop);
-        return;
-    }
+    // `remove` for every absent one — most requests carry only the token.
+    let present = Present::scan(headers, Some(hop.token_header));
 
     // 1. Strip: what `Connection` names, then the hop-by-hop fields.
-    let named = connection_named(headers);
-    for name in named {
-        // `Host` is end-to-end whatever `Connection` says: naming it would
-        // let a client strip the routing field of the upstream request.
-        if !(hop.upgrade && name == UPGRADE) && name != HOST {
-            headers.remove(&name);
+    if present.has(Present::CONNECTION) {
+        for name in connection_named(headers) {
+            // `Host` is end-to-end whatever `Connection` says: naming it would
+            // let a client strip the routing field of the upstream request.
+            if !(hop.upgrade && name == UPGRADE) && name != HOST {
+                headers.remove(&name);
+            }
         }
+        headers.remove(CONNECTION);
     }
-    if present.hop_by_hop {
-        for name in [
-            CONNECTION,
-            KEEP_ALIVE,
-            PROXY_CONNECTION,
-            TE,
-            TRANSFER_ENCODING,
-        ] {
-            headers.remove(name);
-        }
-        if !hop.upgrade {
-            headers.remove(UPGRADE);
-        }
-    }
+    present.remove_hop_by_hop(headers, hop.upgrade);
 
     // 2. The credential and a forged label never pass.
-    headers.remove(hop.token_header);
-    let bearer = headers.get_all(AUTHORIZATION).iter().any(|v| {
-        let v = v.as_bytes();
-        v.len() >= 6 && v[..6].eq_ignore_ascii_case(b"bearer")
-    });
-    if bearer {
-        headers.remove(AUTHORIZATION);
+    if present.has(Present::TOKEN) {
+        headers.remove(hop.token_header);
     }
-    headers.remove(KEY_LABEL);
+    if present.has(Present::AUTHORIZATION) {
+        let bearer = headers.get_all(AUTHORIZATION).iter().any(|v| {
+            let v = v.as_bytes();
+            v.len() >= 6 && v[..6].eq_ignore_ascii_case(b"bearer")
+        });
+        if bearer {
+            headers.remove(AUTHORIZATION);
+        }
+    }
+    if present.has(Present::KEY_LABEL) && hop.key_label.is_none() {
+        // (With a label, `insert` below replaces the forged one.)
+        headers.remove(KEY_LABEL);
+    }
 
-    add_own(headers, hop);
+    add_own(headers, hop, present);
 }
 
 /// Step 3: tokengate's own fields.
-fn add_own(headers: &mut HeaderMap, hop: &Hop<'_>) {
+fn add_own(headers: &mut HeaderMap, hop: &Hop<'_>, present: Present) {
     if let Some(label) = hop.key_label {
         headers.insert(KEY_LABEL, label.clone());
     }
-    let forwarded_for = if hop.peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
-        let previous: Vec<&str> = headers
+    let previous: Vec<&str> = if hop.peer_trusted && present.has(Present::FORWARDED_FOR) {
+        // (Empty when `Connection` named it: it was stripped above.)
+        headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .collect();
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let forwarded_for = if !previous.is_empty() {
         HeaderValue::try_from(format!("{}, {}", previous.join(", "), hop.peer)).ok()
     } else {
         // The common case: just the peer, formatted on the stack and copied
@@ -123,18 +117,20 @@ fn add_own(headers: &mut HeaderMap, hop: &Hop<'_>) {
         Some(value) => {
             headers.insert(X_FORWARDED_FOR, value);
         }
-        None => {
+        None if present.has(Present::FORWARDED_FOR) => {
             headers.remove(&X_FORWARDED_FOR);
         }
+        None => {}
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
     match hop.host {
         Some(host) => {
             headers.insert(X_FORWARDED_HOST, host.clone());
         }
-        None => {
+        None if present.has(Present::FORWARDED_HOST) => {
             headers.remove(&X_FORWARDED_HOST);
         }
+        None => {}
     }
     if hop.upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -153,52 +149,96 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// Which strippable fields a request carries.
-#[derive(Default)]
-struct Present {
-    hop_by_hop: bool,
-    credential_or_label: bool,
-    forwarded: bool,
-}
+/// Which of the fields a proxy strips or replaces a head carries: a bit each,
+/// found in one pass over the names (standard names compare as tags).
+#[derive(Debug, Default, Clone, Copy)]
+struct Present(u16);
 
 impl Present {
-    fn see(&mut self, name: &HeaderName, token_header: &HeaderName) {
-        if name == CONNECTION
-            || name == UPGRADE
-            || name == TE
-            || name == TRANSFER_ENCODING
-            || name == KEEP_ALIVE
-            || name == PROXY_CONNECTION
-        {
-            self.hop_by_hop = true;
-        } else if name == token_header || name == AUTHORIZATION || name == KEY_LABEL {
-            self.credential_or_label = true;
-        } else if name == X_FORWARDED_FOR || name == X_FORWARDED_HOST {
-            self.forwarded = true;
+    const CONNECTION: u16 = 1;
+    const KEEP_ALIVE: u16 = 1 << 1;
+    const PROXY_CONNECTION: u16 = 1 << 2;
+    const TE: u16 = 1 << 3;
+    const TRANSFER_ENCODING: u16 = 1 << 4;
+    const UPGRADE: u16 = 1 << 5;
+    const TOKEN: u16 = 1 << 6;
+    const AUTHORIZATION: u16 = 1 << 7;
+    const KEY_LABEL: u16 = 1 << 8;
+    const FORWARDED_FOR: u16 = 1 << 9;
+    const FORWARDED_HOST: u16 = 1 << 10;
+
+    fn scan(headers: &HeaderMap, token_header: Option<&HeaderName>) -> Self {
+        let mut bits = 0;
+        for name in headers.keys() {
+            bits |= if name == CONNECTION {
+                Self::CONNECTION
+            } else if name == UPGRADE {
+                Self::UPGRADE
+            } else if name == TE {
+                Self::TE
+            } else if name == TRANSFER_ENCODING {
+                Self::TRANSFER_ENCODING
+            } else if name == AUTHORIZATION {
+                Self::AUTHORIZATION
+            } else if name == KEEP_ALIVE {
+                Self::KEEP_ALIVE
+            } else if name == PROXY_CONNECTION {
+                Self::PROXY_CONNECTION
+            } else if name == KEY_LABEL {
+                Self::KEY_LABEL
+            } else if name == X_FORWARDED_FOR {
+                Self::FORWARDED_FOR
+            } else if name == X_FORWARDED_HOST {
+                Self::FORWARDED_HOST
+            } else {
+                0
+            };
+            // Apart from the chain: `--token-header` may name any field.
+            if Some(name) == token_header {
+                bits |= Self::TOKEN;
+            }
         }
+        Present(bits)
     }
 
-    fn none(&self) -> bool {
-        !(self.hop_by_hop || self.credential_or_label || self.forwarded)
+    fn has(self, bit: u16) -> bool {
+        self.0 & bit != 0
+    }
+
+    /// Removes the hop-by-hop fields other than `Connection` that are there
+    /// (`Upgrade` kept when the request is being upgraded).
+    fn remove_hop_by_hop(self, headers: &mut HeaderMap, upgrade: bool) {
+        for (bit, name) in [
+            (Self::KEEP_ALIVE, KEEP_ALIVE),
+            (Self::PROXY_CONNECTION, PROXY_CONNECTION),
+            (Self::TE, TE),
+            (Self::TRANSFER_ENCODING, TRANSFER_ENCODING),
+        ] {
+            if self.has(bit) {
+                headers.remove(name);
+            }
+        }
+        if self.has(Self::UPGRADE) && !upgrade {
+            headers.remove(UPGRADE);
+        }
     }
 }
 
 /// The hop-by-hop fields of a response head, stripped before it goes back
 /// to the client (the same rules: what `Connection` names, then the fields).
 pub fn for_client(headers: &mut HeaderMap, upgrade: bool) {
-    let named = connection_named(headers);
-    for name in named {
-        if !(upgrade && name == UPGRADE) {
-            headers.remove(&name);
+    let present = Present::scan(headers, None);
+    if present.has(Present::CONNECTION) {
+        for name in connection_named(headers) {
+            if !(upgrade && name == UPGRADE) {
+                headers.remove(&name);
+            }
+        }
+        if !upgrade {
+            headers.remove(CONNECTION);
         }
     }
-    for name in [KEEP_ALIVE, PROXY_CONNECTION, TE, TRANSFER_ENCODING] {
-        headers.remove(name);
-    }
-    if !upgrade {
-        headers.remove(CONNECTION);
-        headers.remove(UPGRADE);
-    }
+    present.remove_hop_by_hop(headers, upgrade);
 }
 
 #[cfg(test)]
@@ -307,6 +347,46 @@ mod tests {
     }
 
     #[test]
+    fn a_token_header_that_is_a_standard_field_is_stripped() {
+        static AUTH: HeaderName = HeaderName::from_static("authorization");
+        let mut h = headers(&[("authorization", "secret"), ("accept", "*/*")]);
+        let mut hop = hop(None, false, false);
+        hop.token_header = &AUTH;
+        for_upstream(&mut h, &hop);
+        assert!(h.get("authorization").is_none());
+        assert_eq!(h["accept"], "*/*");
+    }
+
+    #[test]
+    fn a_trusted_chain_named_by_connection_is_dropped_not_joined() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("connection", "x-forwarded-for"),
+        ]);
+        for_upstream(&mut h, &hop(None, true, false));
+        assert_eq!(h["x-forwarded-for"], "192.0.2.10");
+    }
+
+    #[test]
+    fn a_request_with_only_the_token_gets_exactly_the_gateways_fields() {
+        let label = HeaderValue::from_static("ops");
+        let mut h = headers(&[("host", "api.example"), ("x-token", "secret")]);
+        for_upstream(&mut h, &hop(Some(&label), false, false));
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "host",
+                "x-auth-key-label",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto"
+            ]
+        );
+    }
+
+    #[test]
     fn upgrades_keep_upgrade() {
         let mut h = headers(&[
             ("connection", "Upgrade"),
@@ -329,6 +409,19 @@ mod tests {
         ]);
         for_client(&mut h, false);
         assert!(h.get("x-internal").is_none());
+        let mut up = headers(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+        ]);
+        for_client(&mut up, true);
+        assert_eq!(up["connection"], "upgrade");
+        assert_eq!(up["upgrade"], "websocket");
+        assert!(up.get("te").is_none());
+        let mut plain = headers(&[("upgrade", "h2c"), ("content-length", "0")]);
+        for_client(&mut plain, false);
+        assert!(plain.get("upgrade").is_none());
+        assert_eq!(plain["content-length"], "0");
         assert!(h.get("connection").is_none());
         assert!(h.get("keep-alive").is_none());
         assert_eq!(h["content-type"], "text/plain");

@@ -60,6 +60,8 @@ pub struct Forward {
     pub proto: &'static str,
     /// The accepted key's label (`None` on a `--public` path).
     pub key_label: Option<HeaderValue>,
+    /// When tokengate started on the request (its duration runs from here).
+    pub start: Instant,
 }
 
 impl Gateway {
@@ -113,17 +115,15 @@ impl Gateway {
         self.public.iter().any(|rule| rule.allows(method, path))
     }
 
-    /// Sends `req` upstream and streams the answer back. Failures are
-    /// tokengate's own 502/504, with no upstream detail.
-    pub async fn forward(
+    /// Rewrites `req` into the upstream's request (headers, target, `Host`),
+    /// synchronously: the future that waits for the upstream then holds only
+    /// what crosses the wait (a smaller future is cheaper to move).
+    pub fn prepare(
         &self,
         mut req: Request<Incoming>,
-        hop: Forward,
+        hop: &Forward,
         token_header: &http::HeaderName,
-        responses: &Responses,
-        metrics: Option<&Metrics>,
-    ) -> Response<ServiceBody> {
-        let started = Instant::now();
+    ) -> Prepared {
         let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // A clone of the client's `Host` shares its bytes; only HTTP/2's
@@ -165,9 +165,26 @@ impl Gateway {
         // (ALPN) or was told to (`--upstream-http2` over cleartext), whatever
         // the version the request came in with.
         parts.version = Version::HTTP_11;
-        let upstream_req = Request::from_parts(parts, body);
+        Prepared {
+            request: Request::from_parts(parts, body),
+            client_upgrade,
+        }
+    }
 
-        let result = tokio::time::timeout(self.timeout, self.client.request(upstream_req)).await;
+    /// Sends a prepared request upstream and streams the answer back.
+    /// Failures are tokengate's own 502/504, with no upstream detail.
+    pub async fn send(
+        &self,
+        prepared: Prepared,
+        responses: &Responses,
+        metrics: Option<&Metrics>,
+    ) -> Response<ServiceBody> {
+        let Prepared {
+            request,
+            client_upgrade,
+        } = prepared;
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
         let mut response = match result {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
@@ -194,7 +211,10 @@ impl Gateway {
             m.upstream_answered(response.status(), started.elapsed());
         }
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        for_client(response.headers_mut(), upgrade && switching);
+        for_client(
+            response.headers_mut(),
+            client_upgrade.is_some() && switching,
+        );
         if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             self.tunnels.spawn(async move {
@@ -210,6 +230,13 @@ impl Gateway {
         }
         response.map(Either::Right)
     }
+}
+
+/// The upstream's request, ready to send, and the client's side of an
+/// upgrade being passed through.
+pub struct Prepared {
+    request: Request<Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 fn wants_upgrade(headers: &http::HeaderMap) -> bool {

@@ -273,8 +273,9 @@ fn gateway_service(
                 future::Either::Left(std::future::ready(Ok(response.map(Either::Left))))
             }
             Step::Forward(forward) => {
+                let pending = app.prepare_forward(req, forward);
                 let app = app.clone();
-                future::Either::Right(async move { Ok(app.forward(req, forward).await) })
+                future::Either::Right(async move { Ok(app.forward(pending).await) })
             }
         }
     })
