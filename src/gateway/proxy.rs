@@ -124,6 +124,7 @@ impl Gateway {
         hop: &Forward,
         token_header: &http::HeaderName,
     ) -> Prepared {
+        let client_h2 = req.version() == Version::HTTP_2;
         let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // A clone of the client's `Host` shares its bytes; only HTTP/2's
@@ -168,6 +169,7 @@ impl Gateway {
         Prepared {
             request: Request::from_parts(parts, body),
             client_upgrade,
+            client_h2,
         }
     }
 
@@ -182,6 +184,7 @@ impl Gateway {
         let Prepared {
             request,
             client_upgrade,
+            client_h2,
         } = prepared;
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
@@ -215,6 +218,9 @@ impl Gateway {
             response.headers_mut(),
             client_upgrade.is_some() && switching,
         );
+        if client_h2 {
+            unpin_values(response.headers_mut());
+        }
         if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             self.tunnels.spawn(async move {
@@ -237,6 +243,26 @@ impl Gateway {
 pub struct Prepared {
     request: Request<Incoming>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_h2: bool,
+}
+
+/// Gives each header value of an upstream response its own small buffer.
+///
+/// hyper parses a response head into values that share the connection's
+/// read buffer (8 KiB or more). An HTTP/2 client's HPACK encoder keeps the
+/// values it indexes in its dynamic table for as long as they stay there, so
+/// each indexed value (a new `date` every second) would pin a whole upstream
+/// read buffer: up to ~60 of them per client connection (a 4 KiB table),
+/// found by `scripts/soak --mode gateway` as RSS growing for a minute.
+/// An HTTP/1 client writes the values and drops them: nothing to do there.
+fn unpin_values(headers: &mut http::HeaderMap) {
+    for value in headers.values_mut() {
+        let sensitive = value.is_sensitive();
+        if let Ok(mut owned) = HeaderValue::from_bytes(value.as_bytes()) {
+            owned.set_sensitive(sensitive);
+            *value = owned;
+        }
+    }
 }
 
 fn wants_upgrade(headers: &http::HeaderMap) -> bool {
@@ -247,4 +273,41 @@ fn wants_upgrade(headers: &http::HeaderMap) -> bool {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn unpinned_values_no_longer_share_the_read_buffer() {
+        // What hyper does: header values are slices of the read buffer.
+        let buffer = Bytes::from(
+            b"date: Sun, 29 Nov 2026 22:00:00 GMT\r\n"
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(b' ', 8192))
+                .collect::<Vec<u8>>(),
+        );
+        let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+        let mut headers = http::HeaderMap::new();
+        let date = HeaderValue::from_maybe_shared(buffer.slice(6..35)).unwrap();
+        let mut secret = HeaderValue::from_maybe_shared(buffer.slice(0..4)).unwrap();
+        secret.set_sensitive(true);
+        headers.insert(http::header::DATE, date);
+        headers.insert("x-secret", secret);
+        assert!(range.contains(&(headers[http::header::DATE].as_bytes().as_ptr() as usize)));
+
+        unpin_values(&mut headers);
+        assert_eq!(headers[http::header::DATE], "Sun, 29 Nov 2026 22:00:00 GMT");
+        assert!(headers["x-secret"].is_sensitive());
+        for value in headers.values() {
+            let at = value.as_bytes().as_ptr() as usize;
+            assert!(
+                !range.contains(&at),
+                "{value:?} still points into the buffer"
+            );
+        }
+    }
 }
