@@ -77,7 +77,11 @@ impl Guard {
         Guard {
             live: ArcSwap::from_pointee(Live { keys, ok }),
             token_header,
-            throttle: throttle.map(Throttle::new),
+            throttle: throttle.map(|config| {
+                let throttle = Throttle::new(config);
+                throttle.report_tracked(metrics.throttle_tracked.clone());
+                throttle
+            }),
         }
     }
 

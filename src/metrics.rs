@@ -146,6 +146,8 @@ pub struct Metrics {
     upstream_errors: [Counter; 3],
     upstream_duration: Histogram,
     open_connections: Gauge,
+    /// Client addresses tracked by the failed-credential throttle.
+    pub(crate) throttle_tracked: Gauge,
     accepted: [Counter; 3],
     reloads_ok: Counter,
     reloads_failed: Counter,
@@ -265,6 +267,12 @@ impl Metrics {
             key_expiry.clone(),
         );
 
+        let throttle_tracked = Gauge::default();
+        registry.register(
+            "throttle_tracked_addresses",
+            "Client addresses whose failed-credential bucket is tracked (at most the table's capacity, 65536)",
+            throttle_tracked.clone(),
+        );
         let open_connections = Gauge::default();
         registry.register(
             "open_connections",
@@ -323,6 +331,7 @@ impl Metrics {
             upstream_errors,
             upstream_duration,
             open_connections,
+            throttle_tracked,
             accepted,
             reloads_ok,
             reloads_failed,

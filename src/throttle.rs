@@ -7,14 +7,15 @@
 //! and other addresses are unaffected. IPv6 clients are grouped by /64 (one
 //! host usually owns a whole /64).
 //!
-//! Memory is bounded: both tables (bucket states and blocked addresses) are
-//! fixed-capacity LRU maps; when full, the least recently seen address is
-//! evicted.
+//! Memory is bounded: the bucket states live in a fixed-size, set-associative
+//! table (16 bytes an address, allocated at the first failure; when an
+//! address's set is full, the least recently failed of its four is replaced),
+//! and the addresses currently over the limit in a fixed-capacity LRU map.
 
 use std::net::IpAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, MonotonicClock};
@@ -23,6 +24,7 @@ use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 use lru::LruCache;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Rate, burst and table size of the failed-credential limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,39 +113,134 @@ impl<V> Bounded<V> {
     }
 }
 
+/// Inserts `key` (not in `map`), first evicting the least recently used
+/// entries down to `capacity - 1`.
 fn bounded_put<V>(map: &mut LruCache<ClientKey, V>, capacity: usize, key: ClientKey, value: V) {
-    if !map.contains(&key) {
-        while map.len() >= capacity {
-            map.pop_lru();
-        }
+    while map.len() >= capacity {
+        map.pop_lru();
     }
     map.put(key, value);
 }
 
-/// A bounded, LRU-evicting state store for governor.
-struct LruStore(Arc<Bounded<Nanos>>);
+/// The limiter's bucket states, a fixed-size table with constant work per
+/// failure whatever it holds.
+///
+/// 4-way set-associative: an address's set (two cache lines: four tags, then
+/// four states) is chosen by a hash keyed at random per process, so no client
+/// can aim at a set. A new address takes a free way, or else the way whose
+/// state has the earliest theoretical arrival time — the bucket nearest to
+/// full again, the least recently failed (an expired state is the same as no
+/// state, so evicting it changes nothing). The table is allocated zeroed at the
+/// first failure (16 bytes an address; pages the kernel maps as they are
+/// touched) and never grows: no allocation and no eviction chain per request,
+/// which an LRU list paid in cache misses once full (`benches/throttle.rs`).
+struct StateTable {
+    inner: Mutex<Table>,
+    hasher: std::collections::hash_map::RandomState,
+    sets: usize,
+    /// Set to the number of tracked addresses after each insertion.
+    gauge: OnceLock<Gauge>,
+}
 
-impl StateStore for LruStore {
+struct Table {
+    /// Per set: 4 tags (0 = free), then 4 states (`Nanos`). Empty until the
+    /// first failure.
+    words: Vec<u64>,
+    len: usize,
+}
+
+const WAYS: usize = 4;
+
+impl StateTable {
+    fn new(capacity: NonZeroUsize) -> Self {
+        StateTable {
+            inner: Mutex::new(Table {
+                words: Vec::new(),
+                len: 0,
+            }),
+            hasher: std::collections::hash_map::RandomState::new(),
+            sets: capacity.get().div_ceil(WAYS),
+            gauge: OnceLock::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len
+    }
+
+    /// The index of `key`'s set (first word) and its tag (never 0).
+    fn locate(&self, key: &ClientKey) -> (usize, u64) {
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one(key);
+        // Multiply-shift onto 0..sets (no power of two needed); fits in usize.
+        let set = ((u128::from(hash) * self.sets as u128) >> 64) as usize;
+        (set * 2 * WAYS, hash | 1)
+    }
+}
+
+impl StateStore for StateTable {
     type Key = ClientKey;
 
     fn measure_and_replace<T, F, E>(&self, key: &ClientKey, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let mut map = self.0.lock();
-        let current = map.get(key).copied();
-        let (result, next) = f(current)?;
-        bounded_put(&mut map, self.0.capacity, *key, next);
+        let (base, tag) = self.locate(key);
+        let mut table = self.lock();
+        if table.words.is_empty() {
+            // Zeroed: large enough that the allocator maps fresh pages.
+            table.words = vec![0; self.sets * 2 * WAYS];
+        }
+        let Table { words, len } = &mut *table;
+        let set = &mut words[base..base + 2 * WAYS];
+        let (tags, states) = set.split_at_mut(WAYS);
+        if let Some(way) = tags.iter().position(|&t| t == tag) {
+            let (result, next) = f(Some(Nanos::from(states[way])))?;
+            states[way] = next.as_u64();
+            return Ok(result);
+        }
+        let (result, next) = f(None)?;
+        let way = match tags.iter().position(|&t| t == 0) {
+            Some(free) => {
+                *len += 1;
+                if let Some(gauge) = self.gauge.get() {
+                    gauge.set(i64::try_from(*len).unwrap_or(i64::MAX));
+                }
+                free
+            }
+            // The earliest theoretical arrival time: the most recovered bucket.
+            None => (0..WAYS).min_by_key(|&w| states[w]).unwrap_or(0),
+        };
+        tags[way] = tag;
+        states[way] = next.as_u64();
         Ok(result)
+    }
+}
+
+/// The table as governor's store, shared with [`Throttle`] (for its size).
+struct SharedStates(Arc<StateTable>);
+
+impl StateStore for SharedStates {
+    type Key = ClientKey;
+
+    fn measure_and_replace<T, F, E>(&self, key: &ClientKey, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.0.measure_and_replace(key, f)
     }
 }
 
 /// The failed-credential limiter.
 pub struct Throttle {
-    limiter: RateLimiter<ClientKey, LruStore, MonotonicClock, NoOpMiddleware<Instant>>,
+    limiter: RateLimiter<ClientKey, SharedStates, MonotonicClock, NoOpMiddleware<Instant>>,
     clock: MonotonicClock,
     /// The limiter's bucket states (shared with it), for sizing.
-    states: Arc<Bounded<Nanos>>,
+    states: Arc<StateTable>,
     /// Addresses over the limit, with the instant they may try again.
     blocked: Bounded<Instant>,
     /// Entries in `blocked`: lets the common case skip the lock entirely.
@@ -165,10 +262,10 @@ impl Throttle {
         let quota = Quota::with_period(per_cell.max(Duration::from_nanos(1)))
             .expect("the period is at least one nanosecond")
             .allow_burst(config.burst);
-        let states = Arc::new(Bounded::new(config.capacity));
+        let states = Arc::new(StateTable::new(config.capacity));
         let clock = MonotonicClock;
         Throttle {
-            limiter: RateLimiter::new(quota, LruStore(states.clone()), clock.clone()),
+            limiter: RateLimiter::new(quota, SharedStates(states.clone()), clock.clone()),
             clock,
             states,
             blocked: Bounded::new(config.capacity),
@@ -176,9 +273,15 @@ impl Throttle {
         }
     }
 
+    /// Keeps `gauge` set to the number of tracked addresses.
+    pub fn report_tracked(&self, gauge: Gauge) {
+        gauge.set(i64::try_from(self.tracked()).unwrap_or(i64::MAX));
+        let _ = self.states.gauge.set(gauge);
+    }
+
     /// Number of client addresses whose bucket is tracked.
     pub fn tracked(&self) -> usize {
-        self.states.lock().len()
+        self.states.len()
     }
 
     /// If `ip` is over its limit now, how long until it may try again.
@@ -206,12 +309,11 @@ impl Throttle {
         let not_until = self.limiter.check_key(&key).err()?;
         let wait = not_until.wait_time_from(self.clock.now());
         let mut blocked = self.blocked.lock();
-        bounded_put(
-            &mut blocked,
-            self.blocked.capacity,
-            key,
-            Instant::now() + wait,
-        );
+        let until = Instant::now() + wait;
+        match blocked.get_mut(&key) {
+            Some(entry) => *entry = until,
+            None => bounded_put(&mut blocked, self.blocked.capacity, key, until),
+        }
         self.blocked_len.store(blocked.len(), Relaxed);
         Some(wait)
     }
@@ -272,6 +374,40 @@ mod tests {
         // The newest addresses are still blocked; the oldest were evicted.
         assert!(t.blocked(IpAddr::from(999u32.to_be_bytes())).is_some());
         assert!(t.blocked(IpAddr::from(0u32.to_be_bytes())).is_none());
+    }
+
+    #[test]
+    fn a_full_set_replaces_its_least_recently_failed_address() {
+        // Capacity 4: one set, so every address competes for its four ways.
+        let t = Throttle::new(config(1, Duration::from_secs(3600), 2, 4));
+        let ip = |i: u8| IpAddr::from([10, 0, 0, i]);
+        for i in 1..=4 {
+            assert_eq!(t.record_failure(ip(i)), None);
+            assert_eq!(t.record_failure(ip(i)), None);
+        }
+        assert_eq!(t.tracked(), 4);
+        // A fifth address takes the way of the first (the earliest failures).
+        assert_eq!(t.record_failure(ip(5)), None);
+        assert_eq!(t.tracked(), 4);
+        // The first starts over with a full burst; the second kept its state.
+        assert_eq!(t.record_failure(ip(1)), None);
+        assert!(t.record_failure(ip(2)).is_some());
+    }
+
+    #[test]
+    fn the_gauge_follows_the_table() {
+        let t = Throttle::new(config(1, Duration::from_secs(3600), 5, 8));
+        let gauge = Gauge::default();
+        t.report_tracked(gauge.clone());
+        assert_eq!(gauge.get(), 0);
+        for i in 0..3u32 {
+            t.record_failure(IpAddr::from(i.to_be_bytes()));
+        }
+        assert_eq!(gauge.get(), 3);
+        for i in 0..100u32 {
+            t.record_failure(IpAddr::from(i.to_be_bytes()));
+        }
+        assert_eq!(gauge.get(), 8);
     }
 
     #[test]
