@@ -172,7 +172,7 @@ impl App {
         }
         let metrics = Metrics::new(&labels, access_log_dropped);
         let doc = config.openapi.then(|| {
-            openapi::document(
+            openapi::serialized(
                 table,
                 openapi::DocOptions {
                     token_header: config.token_header.as_str(),
@@ -188,7 +188,7 @@ impl App {
                 RouterOptions {
                     metrics_public: config.metrics_public,
                     metrics_off: !config.metrics,
-                    openapi: doc.as_ref(),
+                    openapi: doc,
                     gateway: config.gateway.is_some(),
                 },
             ),

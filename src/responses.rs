@@ -47,6 +47,11 @@ impl Prebuilt {
         Self::with_body(status, Bytes::from_static(body), true)
     }
 
+    /// A JSON response from JSON already serialised for the process's life.
+    pub fn json_bytes(status: StatusCode, json: &'static [u8]) -> Self {
+        Self::with_body(status, Bytes::from_static(json), true)
+    }
+
     /// A response with an empty body (`content-length: 0`, none for 204).
     pub fn empty(status: StatusCode) -> Self {
         Self::with_body(status, Bytes::new(), false)

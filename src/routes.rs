@@ -187,13 +187,13 @@ pub enum Match<'a> {
 
 /// Route options that come from the configuration.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RouterOptions<'a> {
+pub struct RouterOptions {
     /// `--metrics-public`.
     pub metrics_public: bool,
     /// `--metrics off` removes `/metrics`.
     pub metrics_off: bool,
     /// The OpenAPI document; `None` (`--openapi off`) removes `/openapi.json`.
-    pub openapi: Option<&'a serde_json::Value>,
+    pub openapi: Option<&'static [u8]>,
     /// Gateway mode: the upstream owns the path space, so the contract routes
     /// (`/public`, `/protected`) are not served by tokengate.
     pub gateway: bool,
@@ -230,7 +230,7 @@ impl Router {
                         Prebuilt::empty(http::StatusCode::OK)
                     }
                     Handler::OpenApi => match options.openapi {
-                        Some(doc) => Prebuilt::json(http::StatusCode::OK, doc),
+                        Some(doc) => Prebuilt::json_bytes(http::StatusCode::OK, doc),
                         None => Prebuilt::empty(http::StatusCode::NOT_FOUND),
                     },
                 };
