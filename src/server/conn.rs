@@ -20,7 +20,7 @@ use http::{Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use super::io::ReadCounter;
+use super::streams::{self, StreamExecutor, Streams};
 use super::watchdog::{Activity, Command, ConnectionTable, Entry, bump};
 use crate::app::{App, Step};
 use crate::gateway::proxy::ServiceBody;
@@ -54,7 +55,7 @@ pub fn hard_head_limit(max_header_bytes: usize) -> usize {
 /// What every connection of one server shares (one `Arc` per connection).
 pub(super) struct Context {
     pub(super) app: Arc<App>,
-    pub(super) builder: auto::Builder<TokioExecutor>,
+    pub(super) builder: auto::Builder<StreamExecutor>,
     pub(super) table: Arc<ConnectionTable>,
     pub(super) tls: Option<Arc<Tls>>,
     /// This listener passes requests on to the upstream (gateway mode, and
@@ -69,9 +70,10 @@ impl Context {
         tls: Option<Arc<Tls>>,
         admin: bool,
     ) -> Self {
+        let gateway = app.is_gateway() && !admin;
         Context {
-            gateway: app.is_gateway() && !admin,
-            builder: builder(app.max_header_bytes()),
+            gateway,
+            builder: builder(app.max_header_bytes(), StreamExecutor { local: !gateway }),
             app,
             table,
             tls,
@@ -80,9 +82,9 @@ impl Context {
 }
 
 /// The auto builder, configured once.
-fn builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
+fn builder(max_header_bytes: usize, executor: StreamExecutor) -> auto::Builder<StreamExecutor> {
     let hard = hard_head_limit(max_header_bytes);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(executor);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -121,11 +123,13 @@ impl Connection {
     /// Spawns the connection's task.
     pub(super) fn spawn(self, tasks: &mut JoinSet<()>, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
-        if self.context.tls.is_some() {
-            tasks.spawn(self.serve_tls(stream));
-        } else {
-            tasks.spawn(self.serve_cleartext(stream));
-        }
+        // Standalone connections run their HTTP/2 streams in their own task.
+        match (self.context.tls.is_some(), self.context.gateway) {
+            (true, false) => tasks.spawn(streams::scope(self.serve_tls(stream))),
+            (true, true) => tasks.spawn(self.serve_tls(stream)),
+            (false, false) => tasks.spawn(streams::scope(self.serve_cleartext(stream))),
+            (false, true) => tasks.spawn(self.serve_cleartext(stream)),
+        };
     }
 
     fn track(&self) -> (Arc<Activity>, Entry) {
@@ -322,9 +326,19 @@ where
     C: Shutdown,
 {
     let mut graceful = false;
+    let mut streams = Streams::default();
     std::future::poll_fn(|cx| {
         loop {
-            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+            let mut polled = conn.as_mut().poll(cx);
+            // HTTP/2 streams run here (standalone listeners): after they
+            // answer, the connection writes all the answers in this turn.
+            if polled.is_pending() && streams.poll(cx) {
+                polled = conn.as_mut().poll(cx);
+                if polled.is_pending() {
+                    streams.poll(cx);
+                }
+            }
+            if let Poll::Ready(result) = polled {
                 return Poll::Ready(Some(result));
             }
             activity.waker.register(cx.waker());
@@ -409,7 +423,7 @@ mod size_tests {
             permit: None,
         };
         let ours = std::mem::size_of_val(&conn.serve_cleartext(server));
-        let bare = auto::Builder::new(TokioExecutor::new());
+        let bare = auto::Builder::new(hyper_util::rt::TokioExecutor::new());
         let svc = service_fn(|_r: Request<Incoming>| async {
             Ok::<_, Infallible>(http::Response::new(crate::responses::Body::new(
                 bytes::Bytes::new(),

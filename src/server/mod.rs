@@ -34,6 +34,7 @@ mod accept;
 mod conn;
 mod deadlines;
 mod io;
+mod streams;
 mod watchdog;
 
 use std::future::Future;
