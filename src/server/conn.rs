@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use super::io::ReadCounter;
-use super::streams::{self, StreamExecutor, Streams};
+use super::streams::{StreamExecutor, Streams};
 use super::watchdog::{Activity, Command, ConnectionTable, Entry, bump};
 use crate::app::{App, Step};
 use crate::gateway::proxy::ServiceBody;
@@ -123,13 +123,11 @@ impl Connection {
     /// Spawns the connection's task.
     pub(super) fn spawn(self, tasks: &mut JoinSet<()>, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
-        // Standalone connections run their HTTP/2 streams in their own task.
-        match (self.context.tls.is_some(), self.context.gateway) {
-            (true, false) => tasks.spawn(streams::scope(self.serve_tls(stream))),
-            (true, true) => tasks.spawn(self.serve_tls(stream)),
-            (false, false) => tasks.spawn(streams::scope(self.serve_cleartext(stream))),
-            (false, true) => tasks.spawn(self.serve_cleartext(stream)),
-        };
+        if self.context.tls.is_some() {
+            tasks.spawn(self.serve_tls(stream));
+        } else {
+            tasks.spawn(self.serve_cleartext(stream));
+        }
     }
 
     fn track(&self) -> (Arc<Activity>, Entry) {
@@ -185,7 +183,8 @@ impl Connection {
         // Pinned here and lent to `drive`: moving it into `drive`'s future
         // would make this task hold it twice.
         tokio::pin!(conn);
-        let result = drive(conn, &activity).await;
+        // Standalone: HTTP/2 streams run in this task (`streams.rs`).
+        let result = drive(conn, &activity, true).await;
         log_end(self.peer, result);
     }
 
@@ -202,7 +201,7 @@ impl Connection {
             .builder
             .serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
-        let result = drive(conn, &activity).await;
+        let result = drive(conn, &activity, false).await;
         log_end(self.peer, result);
     }
 }
@@ -321,7 +320,12 @@ where
 }
 
 /// Drives a connection under the watchdog's commands; `None` if aborted.
-async fn drive<C>(mut conn: Pin<&mut C>, activity: &Activity) -> Option<C::Output>
+/// With `inline_streams`, an HTTP/2 connection runs its streams itself.
+async fn drive<C>(
+    mut conn: Pin<&mut C>,
+    activity: &Activity,
+    inline_streams: bool,
+) -> Option<C::Output>
 where
     C: Shutdown,
 {
@@ -329,11 +333,18 @@ where
     let mut streams = Streams::default();
     std::future::poll_fn(|cx| {
         loop {
-            let mut polled = conn.as_mut().poll(cx);
-            // HTTP/2 streams run here (standalone listeners): after they
-            // answer, the connection writes all the answers in this turn.
-            if polled.is_pending() && streams.poll(cx) {
-                polled = conn.as_mut().poll(cx);
+            // Known HTTP/2 once its first request was counted (the first
+            // request's stream is spawned: it is handed over before that).
+            let h2 = inline_streams && activity.h2.load(Relaxed);
+            let mut polled = if h2 {
+                streams.poll_conn(|| conn.as_mut().poll(cx))
+            } else {
+                conn.as_mut().poll(cx)
+            };
+            // After the streams answer, the connection writes all the answers
+            // in this same turn.
+            if h2 && polled.is_pending() && streams.poll(cx) {
+                polled = streams.poll_conn(|| conn.as_mut().poll(cx));
                 if polled.is_pending() {
                     streams.poll(cx);
                 }

@@ -7,9 +7,10 @@
 //! (`scripts/syscalls`: 0.85 writes per h2c request, actix-web 0.10).
 //!
 //! On standalone listeners every answer is ready at once, so the connection's
-//! own task runs its streams instead: hyper hands them over through a
-//! task-local list during the connection's poll, [`Streams`] polls them right
-//! after, and the connection is polled once more in the same turn, so the
+//! own task runs its streams instead: once a connection is known to speak
+//! HTTP/2 (its first request), hyper hands its streams over through a
+//! task-local list set around the connection's poll, [`Streams`] polls them
+//! right after, and the connection is polled once more in the same turn, so the
 //! answers to everything one read brought in leave in one write, and no task
 //! is spawned per request. Gateway listeners keep a task per stream: their
 //! answers come from the upstream and may take long, and separate tasks let
@@ -29,8 +30,8 @@ tokio::task_local! {
     static HANDED: RefCell<Vec<StreamFuture>>;
 }
 
-/// The executor of every connection: runs HTTP/2 streams in the connection's
-/// task (`local`, inside [`scope`]) or spawns them.
+/// The executor of every connection: hands HTTP/2 streams to the connection's
+/// task (`local`, during [`Streams::poll_conn`]) or spawns them.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct StreamExecutor {
     pub(super) local: bool,
@@ -49,11 +50,6 @@ where
     }
 }
 
-/// Runs a connection's task with a place for the streams hyper hands over.
-pub(super) fn scope<F: Future>(task: F) -> impl Future<Output = F::Output> {
-    HANDED.scope(RefCell::new(Vec::new()), task)
-}
-
 /// The streams of one connection, run by its task.
 #[derive(Default)]
 pub(super) struct Streams {
@@ -61,27 +57,30 @@ pub(super) struct Streams {
 }
 
 impl Streams {
-    /// Takes the streams handed over since the last call and polls every
-    /// stream that can make progress. Returns whether there were any: their
-    /// frames are then queued on the connection, which should be polled again.
-    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> bool {
-        let mut any = false;
-        let _ = HANDED.try_with(|handed| {
-            let mut handed = handed.borrow_mut();
-            if !handed.is_empty() {
-                any = true;
-                for stream in handed.drain(..) {
+    /// Polls `conn` with a place for the streams hyper hands over during the
+    /// poll, and takes them. Only HTTP/2 connections of standalone listeners
+    /// come here: an HTTP/1 connection pays nothing for this.
+    pub(super) fn poll_conn<T>(&mut self, conn: impl FnOnce() -> Poll<T>) -> Poll<T> {
+        HANDED.sync_scope(RefCell::new(Vec::new()), || {
+            let polled = conn();
+            HANDED.with(|handed| {
+                for stream in handed.borrow_mut().drain(..) {
                     self.running.push(stream);
                 }
-            }
-        });
+            });
+            polled
+        })
+    }
+
+    /// Polls every stream that can make progress. Returns whether any is
+    /// still there or ran to its end: its frames are then queued on the
+    /// connection, which should be polled again.
+    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> bool {
         if self.running.is_empty() {
-            return any;
+            return false;
         }
-        while let Poll::Ready(Some(())) = self.running.poll_next_unpin(cx) {
-            any = true;
-        }
-        any || !self.running.is_empty()
+        while let Poll::Ready(Some(())) = self.running.poll_next_unpin(cx) {}
+        true
     }
 }
 
@@ -103,31 +102,34 @@ mod tests {
     async fn a_local_executor_hands_streams_to_the_connection_task() {
         let ran = Arc::new(AtomicUsize::new(0));
         let local = StreamExecutor { local: true };
-        let ran_in_scope = ran.clone();
-        scope(async move {
-            local.execute(counting(&ran_in_scope));
-            local.execute(counting(&ran_in_scope));
-            // Handed over, not spawned: nothing ran yet.
-            tokio::task::yield_now().await;
-            assert_eq!(ran_in_scope.load(Ordering::SeqCst), 0);
-            let mut streams = Streams::default();
-            let progressed = std::future::poll_fn(|cx| Poll::Ready(streams.poll(cx))).await;
-            assert!(progressed);
-            assert_eq!(ran_in_scope.load(Ordering::SeqCst), 2);
-            assert!(streams.running.is_empty());
-        })
-        .await;
+        let mut streams = Streams::default();
+        // What hyper does inside the connection's poll: hand two streams over.
+        let polled = streams.poll_conn(|| {
+            local.execute(counting(&ran));
+            local.execute(counting(&ran));
+            Poll::<()>::Pending
+        });
+        assert!(polled.is_pending());
+        // Handed over, not spawned: nothing ran yet, even after a yield.
+        tokio::task::yield_now().await;
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+        assert_eq!(streams.running.len(), 2);
+        let progressed = std::future::poll_fn(|cx| Poll::Ready(streams.poll(cx))).await;
+        assert!(progressed);
+        assert_eq!(ran.load(Ordering::SeqCst), 2);
+        assert!(streams.running.is_empty());
     }
 
     #[tokio::test]
-    async fn outside_a_connection_scope_or_when_not_local_streams_are_spawned() {
+    async fn outside_a_connection_poll_or_when_not_local_streams_are_spawned() {
         let ran = Arc::new(AtomicUsize::new(0));
         StreamExecutor { local: true }.execute(counting(&ran));
-        let ran_in_scope = ran.clone();
-        scope(async move {
-            StreamExecutor { local: false }.execute(counting(&ran_in_scope));
-        })
-        .await;
+        let mut streams = Streams::default();
+        let _ = streams.poll_conn(|| {
+            StreamExecutor { local: false }.execute(counting(&ran));
+            Poll::<()>::Pending
+        });
+        assert!(streams.running.is_empty());
         for _ in 0..1000 {
             if ran.load(Ordering::SeqCst) == 2 {
                 break;
