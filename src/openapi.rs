@@ -105,12 +105,11 @@ fn forward_auth_parameters() -> Value {
     ])
 }
 
-/// Builds the document.
 /// The document, serialised, built on a short-lived thread of its own.
 ///
 /// The `Value` tree takes many times the 50 KB of JSON it becomes; built on the
 /// main thread, its freed memory stayed resident in the main heap, pinned by
-/// what was allocated after it: 1.4 MiB of a idle server's RSS
+/// what was allocated after it: 1.4 MiB of an idle server's RSS
 /// (`scripts/footprint`). A thread's allocations come from an arena of their
 /// own, which the allocator gives back once they are all freed.
 pub fn serialized(table: &[Route], options: DocOptions<'_>) -> &'static [u8] {
@@ -119,11 +118,12 @@ pub fn serialized(table: &[Route], options: DocOptions<'_>) -> &'static [u8] {
             .spawn(|| serde_json::to_vec(&document(table, options)))
             .join()
     });
-    // `to_vec` of a Value cannot fail (string keys, no I/O); a panic in the
-    // builder is a bug that the tests of this module catch.
     let json = match built {
-        Ok(Ok(json)) => json,
-        Ok(Err(_)) | Err(_) => b"{}".to_vec(),
+        // Serialising a `Value` into a Vec cannot fail: string keys, no I/O.
+        Ok(json) => json.expect("serialising a json Value cannot fail"),
+        // A panic while building is a bug: let it stop the start-up, as it
+        // would have on the main thread.
+        Err(panic) => std::panic::resume_unwind(panic),
     };
     // Copied here (the main heap), so the thread's arena holds nothing.
     let body: &'static [u8] = Box::leak(json.as_slice().to_vec().into_boxed_slice());
