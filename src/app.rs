@@ -122,6 +122,8 @@ struct Logged {
 /// The application: route table, guard and prebuilt responses.
 pub struct App {
     router: Router,
+    /// `/openapi.json`, built at its first request (`None`: `--openapi off`).
+    openapi: Option<openapi::Lazy>,
     guard: Guard,
     responses: Responses,
     forward: forward_auth::Answers,
@@ -171,8 +173,8 @@ impl App {
             labels.push(UPSTREAM_LABEL);
         }
         let metrics = Metrics::new(&labels, access_log_dropped);
-        let doc = config.openapi.then(|| {
-            openapi::serialized(
+        let openapi = config.openapi.then(|| {
+            openapi::Lazy::new(
                 table,
                 openapi::DocOptions {
                     token_header: config.token_header.as_str(),
@@ -188,7 +190,7 @@ impl App {
                 RouterOptions {
                     metrics_public: config.metrics_public,
                     metrics_off: !config.metrics,
-                    openapi: doc,
+                    openapi: config.openapi,
                     gateway: config.gateway.is_some(),
                 },
             ),
@@ -202,6 +204,7 @@ impl App {
             gateway: config.gateway.as_ref().map(Gateway::new),
             admin_listener: config.admin_listener,
             token_header: config.token_header.clone(),
+            openapi,
             metrics,
             lifecycle: Arc::default(),
             max_header_bytes: config.max_header_bytes,
@@ -512,7 +515,12 @@ impl App {
     #[inline]
     fn success(&self, route: &Compiled, head: bool) -> Response<Body> {
         match route.route.handler {
-            Handler::Message(_) | Handler::Health | Handler::OpenApi => route.ok.respond(head),
+            Handler::Message(_) | Handler::Health => route.ok.respond(head),
+            Handler::OpenApi => match &self.openapi {
+                Some(doc) => doc.response().respond(head),
+                // The route is not compiled without the document.
+                None => self.responses.not_found.respond(head),
+            },
             Handler::Ready if self.lifecycle.phase() != Phase::Serving => {
                 self.responses.draining.respond(head)
             }

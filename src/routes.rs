@@ -192,8 +192,9 @@ pub struct RouterOptions {
     pub metrics_public: bool,
     /// `--metrics off` removes `/metrics`.
     pub metrics_off: bool,
-    /// The OpenAPI document; `None` (`--openapi off`) removes `/openapi.json`.
-    pub openapi: Option<&'static [u8]>,
+    /// Serve `/openapi.json` (`--openapi off` removes it). The document itself
+    /// is built at its first request (`openapi::Lazy`, held by the app).
+    pub openapi: bool,
     /// Gateway mode: the upstream owns the path space, so the contract routes
     /// (`/public`, `/protected`) are not served by tokengate.
     pub gateway: bool,
@@ -213,7 +214,7 @@ impl Router {
             .enumerate()
             .filter(|(_, r)| match r.handler {
                 Handler::Metrics => !options.metrics_off,
-                Handler::OpenApi => options.openapi.is_some(),
+                Handler::OpenApi => options.openapi,
                 Handler::Message(_) => !options.gateway,
                 _ => true,
             })
@@ -226,13 +227,11 @@ impl Router {
                     Handler::Message(text) => responses::message(text),
                     Handler::Health => responses::status(http::StatusCode::OK, "ok"),
                     Handler::Ready => responses::status(http::StatusCode::OK, "ready"),
-                    Handler::Metrics | Handler::ForwardAuth => {
+                    // Answered by the app from what it holds (the metrics
+                    // registry, the forward-auth answers, the lazy document).
+                    Handler::Metrics | Handler::ForwardAuth | Handler::OpenApi => {
                         Prebuilt::empty(http::StatusCode::OK)
                     }
-                    Handler::OpenApi => match options.openapi {
-                        Some(doc) => Prebuilt::json_bytes(http::StatusCode::OK, doc),
-                        None => Prebuilt::empty(http::StatusCode::NOT_FOUND),
-                    },
                 };
                 let allow = allow(route.methods);
                 Compiled {
