@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use super::io::ReadCounter;
-use super::streams::{StreamExecutor, Streams};
+use super::streams::{StreamExecutor, Streams, Turn};
 use super::watchdog::{Activity, Command, ConnectionTable, Entry, bump};
 use crate::app::{App, Step};
 use crate::gateway::proxy::ServiceBody;
@@ -331,24 +331,37 @@ where
 {
     let mut graceful = false;
     let mut streams = Streams::default();
+    let mut turn: Option<Turn> = None;
     std::future::poll_fn(|cx| {
         loop {
             // Known HTTP/2 once its first request was counted (the first
             // request's stream is spawned: it is handed over before that).
             let h2 = inline_streams && activity.h2.load(Relaxed);
-            let mut polled = if h2 {
-                streams.poll_conn(|| conn.as_mut().poll(cx))
+            let polled = if h2 {
+                let turn = turn.get_or_insert_with(Turn::new);
+                turn.begin(cx.waker());
+                let mut polled = turn.poll(|tcx| streams.poll_conn(|| conn.as_mut().poll(tcx)));
+                // The streams handed over answer now, and the connection
+                // writes what they queued in this same turn: HEADERS, then
+                // DATA once the connection gave the stream its capacity
+                // (three polls of the connection at most, then the task
+                // yields).
+                let mut polls = 1;
+                while polled.is_pending() && polls < 3 && turn.with(|tcx| streams.poll(tcx)) {
+                    polled = turn.poll(|tcx| streams.poll_conn(|| conn.as_mut().poll(tcx)));
+                    polls += 1;
+                }
+                // Always ends the turn, so that wakes reach the task again.
+                if turn.end() && polled.is_pending() {
+                    // Woken after the last poll (by what the last streams
+                    // queued, or by a budget that ran out): run again, after
+                    // the other tasks.
+                    cx.waker().wake_by_ref();
+                }
+                polled
             } else {
                 conn.as_mut().poll(cx)
             };
-            // After the streams answer, the connection writes all the answers
-            // in this same turn.
-            if h2 && polled.is_pending() && streams.poll(cx) {
-                polled = streams.poll_conn(|| conn.as_mut().poll(cx));
-                if polled.is_pending() {
-                    streams.poll(cx);
-                }
-            }
             if let Poll::Ready(result) = polled {
                 return Poll::Ready(Some(result));
             }
