@@ -1,6 +1,7 @@
 //! Link settings for the release binary that cut its resident memory (issue 11: idle RSS).
 //!
-//! - `--symbol-ordering-file=src/symbol-order.txt`: the functions a running server executes
+//! - `--symbol-ordering-file=src/symbol-order.txt` (`symbol-order-static.txt`
+//!   for the container image's crt-static binary): the functions a running server executes
 //!   (start-up and the request paths, from a profile: `scripts/symbol-order`) are laid out
 //!   together, hottest first. The kernel maps code in 64 KiB windows around each touched page,
 //!   so scattered functions made ~2.5 MiB of text resident; packed, ~1 MiB. Names missing from
@@ -20,6 +21,7 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=src/symbol-order.txt");
+    println!("cargo:rerun-if-changed=src/symbol-order-static.txt");
     println!("cargo:rerun-if-env-changed=TOKENGATE_LINK_LAYOUT");
 
     if env::var("TOKENGATE_LINK_LAYOUT").is_ok_and(|v| v == "off") {
@@ -41,7 +43,15 @@ fn main() {
     let Ok(dir) = env::var("CARGO_MANIFEST_DIR") else {
         return;
     };
-    let order = format!("{dir}/src/symbol-order.txt");
+    // The container image's static binary (crt-static) has other symbol
+    // names (other flags, other metadata hashes), so a profile of its own.
+    let statik =
+        env::var("CARGO_CFG_TARGET_FEATURE").is_ok_and(|f| f.split(',').any(|f| f == "crt-static"));
+    let order = if statik {
+        format!("{dir}/src/symbol-order-static.txt")
+    } else {
+        format!("{dir}/src/symbol-order.txt")
+    };
     if std::path::Path::new(&order).is_file() {
         println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={order}");
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
