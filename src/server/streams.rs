@@ -232,4 +232,93 @@ mod tests {
         }
         assert_eq!(ran.load(Ordering::SeqCst), 2);
     }
+
+    /// A task waker that counts its wakes.
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn task_waker() -> (Arc<CountingWaker>, Waker) {
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        (counter, waker)
+    }
+
+    /// What the connection keeps of the waker it was polled with (h2 stores it).
+    fn polled_with(turn: &Turn) -> Waker {
+        match turn.poll(|cx| Poll::Ready(cx.waker().clone())) {
+            Poll::Ready(waker) => waker,
+            Poll::Pending => unreachable!("the poll above is always ready"),
+        }
+    }
+
+    #[test]
+    fn a_wake_between_turns_reaches_the_task() {
+        let (count, task) = task_waker();
+        let turn = Turn::new();
+        turn.begin(&task);
+        let kept = polled_with(&turn);
+        assert!(!turn.end(), "nothing woke the connection during the turn");
+        kept.wake_by_ref();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_wake_after_the_last_poll_of_a_turn_is_recorded_not_passed_on() {
+        let (count, task) = task_waker();
+        let turn = Turn::new();
+        turn.begin(&task);
+        let kept = polled_with(&turn);
+        // A stream answers after the connection's last poll in this turn.
+        kept.wake_by_ref();
+        kept.wake_by_ref();
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            0,
+            "not passed on during the turn"
+        );
+        assert!(
+            turn.end(),
+            "the turn must poll again (the caller wakes the task)"
+        );
+        assert!(!turn.end(), "recorded once");
+    }
+
+    #[test]
+    fn a_wake_before_a_later_poll_of_the_same_turn_is_covered_by_it() {
+        let (count, task) = task_waker();
+        let turn = Turn::new();
+        turn.begin(&task);
+        let kept = polled_with(&turn);
+        // The streams ran and woke the connection; the turn then polls it again.
+        turn.with(|cx| cx.waker().wake_by_ref());
+        kept.wake_by_ref();
+        let _ = polled_with(&turn);
+        assert!(!turn.end());
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_wake_from_another_thread_is_never_lost() {
+        // Whatever the interleaving, a wake that happens after the turn's
+        // last poll either makes `end` report it or reaches the task.
+        for _ in 0..200 {
+            let (count, task) = task_waker();
+            let turn = Turn::new();
+            turn.begin(&task);
+            let kept = polled_with(&turn);
+            let waker = std::thread::spawn(move || kept.wake());
+            let reported = turn.end();
+            waker.join().expect("the waking thread does not panic");
+            let passed_on = count.0.load(Ordering::SeqCst);
+            assert!(
+                reported || passed_on == 1,
+                "reported {reported}, passed on {passed_on}"
+            );
+        }
+    }
 }
