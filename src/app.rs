@@ -177,7 +177,7 @@ impl App {
             openapi::Lazy::new(
                 table,
                 openapi::DocOptions {
-                    token_header: config.token_header.as_str(),
+                    token_header: config.token_header.as_str().to_owned(),
                     metrics_public: config.metrics_public,
                     metrics_off: !config.metrics,
                     gateway: config.gateway.is_some(),

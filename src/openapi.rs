@@ -12,10 +12,10 @@ use crate::responses::Prebuilt;
 use crate::routes::{Access, Handler, Route};
 
 /// What the document depends on besides the route table.
-#[derive(Clone, Copy, Debug)]
-pub struct DocOptions<'a> {
+#[derive(Clone, Debug)]
+pub struct DocOptions {
     /// The header that carries the key (`--token-header`).
-    pub token_header: &'a str,
+    pub token_header: String,
     /// `--metrics-public`.
     pub metrics_public: bool,
     /// `--metrics off`: no `/metrics`.
@@ -117,22 +117,16 @@ fn forward_auth_parameters() -> Value {
 #[derive(Debug)]
 pub struct Lazy {
     table: Vec<Route>,
-    token_header: String,
-    metrics_public: bool,
-    metrics_off: bool,
-    gateway: bool,
+    options: DocOptions,
     built: OnceLock<Prebuilt>,
 }
 
 impl Lazy {
     /// The document of `table` as configured; nothing is built yet.
-    pub fn new(table: &[Route], options: DocOptions<'_>) -> Self {
+    pub fn new(table: &[Route], options: DocOptions) -> Self {
         Lazy {
             table: table.to_vec(),
-            token_header: options.token_header.to_owned(),
-            metrics_public: options.metrics_public,
-            metrics_off: options.metrics_off,
-            gateway: options.gateway,
+            options,
             built: OnceLock::new(),
         }
     }
@@ -141,13 +135,7 @@ impl Lazy {
     /// once; concurrent first callers wait for the one that builds).
     pub fn response(&self) -> &Prebuilt {
         self.built.get_or_init(|| {
-            let options = DocOptions {
-                token_header: &self.token_header,
-                metrics_public: self.metrics_public,
-                metrics_off: self.metrics_off,
-                gateway: self.gateway,
-            };
-            Prebuilt::json_bytes(StatusCode::OK, serialized(&self.table, options))
+            Prebuilt::json_bytes(StatusCode::OK, serialized(&self.table, &self.options))
         })
     }
 }
@@ -160,7 +148,7 @@ impl Lazy {
 /// A thread's allocations come from an arena of their own, which the allocator
 /// gives back once they are all freed. If no thread can be started, it is built
 /// on this one.
-pub fn serialized(table: &[Route], options: DocOptions<'_>) -> &'static [u8] {
+pub fn serialized(table: &[Route], options: &DocOptions) -> &'static [u8] {
     let build = || serde_json::to_vec(&document(table, options));
     let built = std::thread::scope(|scope| {
         match std::thread::Builder::new()
@@ -185,7 +173,7 @@ pub fn serialized(table: &[Route], options: DocOptions<'_>) -> &'static [u8] {
 }
 
 /// The document for `table` as configured.
-pub fn document(table: &[Route], options: DocOptions<'_>) -> Value {
+pub fn document(table: &[Route], options: &DocOptions) -> Value {
     let mut paths = Map::new();
     for route in table {
         if options.metrics_off && route.handler == Handler::Metrics {
@@ -325,8 +313,8 @@ mod tests {
     fn every_route_is_described() {
         let doc = document(
             ROUTES,
-            DocOptions {
-                token_header: "x-token",
+            &DocOptions {
+                token_header: "x-token".into(),
                 metrics_public: false,
                 metrics_off: false,
                 gateway: false,
@@ -347,17 +335,17 @@ mod tests {
     #[test]
     fn the_document_is_built_at_its_first_request_and_kept() {
         let options = DocOptions {
-            token_header: "x-api-key",
+            token_header: "x-api-key".into(),
             metrics_public: false,
             metrics_off: false,
             gateway: false,
         };
+        let expected = serde_json::to_vec(&document(ROUTES, &options)).expect("serialisable");
         let lazy = Lazy::new(ROUTES, options);
         assert!(lazy.built.get().is_none(), "nothing is built at start-up");
         let first = lazy.response().respond(false);
         let again = lazy.response().respond(false);
         assert!(lazy.built.get().is_some());
-        let expected = serde_json::to_vec(&document(ROUTES, options)).expect("serialisable");
         for response in [first, again] {
             assert_eq!(response.status(), StatusCode::OK);
             let body = response.into_body();

@@ -10,9 +10,10 @@
 //! own task runs its streams instead: once a connection is known to speak
 //! HTTP/2 (its first request), hyper hands its streams over through a
 //! task-local list set around the connection's poll, [`Streams`] polls them
-//! right after, and the connection is polled once more in the same turn, so the
-//! answers to everything one read brought in leave in one write, and no task
-//! is spawned per request. Gateway listeners keep a task per stream: their
+//! right after, and the connection is polled again in the same turn (up to
+//! three times, with the turn's own waker: [`Turn`]), so the answers to
+//! everything one read brought in leave in one write, and no task is spawned
+//! per request. Gateway listeners keep a task per stream: their
 //! answers come from the upstream and may take long, and separate tasks let
 //! one connection's streams run on several cores.
 
@@ -105,7 +106,7 @@ impl Streams {
 /// A stream that answers wakes its connection (h2 has frames to write), but the
 /// connection's task polls the connection again in the same turn anyway
 /// ([`Streams::poll`]); with the task's own waker, tokio would then run the task
-/// once more for nothing: ~1,250 instructions per h2c request
+/// once more for nothing: ~1,600 instructions per h2c request
 /// (`scripts/instructions --h2`). Within a turn a wake is only recorded, and
 /// each poll of the connection covers the wakes before it; a wake after the
 /// last poll of a turn, or between turns, reaches the task.
@@ -242,12 +243,6 @@ mod tests {
         }
     }
 
-    fn task_waker() -> (Arc<CountingWaker>, Waker) {
-        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let waker = Waker::from(counter.clone());
-        (counter, waker)
-    }
-
     /// What the connection keeps of the waker it was polled with (h2 stores it).
     fn polled_with(turn: &Turn) -> Waker {
         match turn.poll(|cx| Poll::Ready(cx.waker().clone())) {
@@ -256,12 +251,19 @@ mod tests {
         }
     }
 
+    /// A turn begun for a counting task waker, and the waker the connection
+    /// kept from its first poll.
+    fn turn_after_one_poll() -> (Arc<CountingWaker>, Turn, Waker) {
+        let count = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let turn = Turn::new();
+        turn.begin(&Waker::from(count.clone()));
+        let kept = polled_with(&turn);
+        (count, turn, kept)
+    }
+
     #[test]
     fn a_wake_between_turns_reaches_the_task() {
-        let (count, task) = task_waker();
-        let turn = Turn::new();
-        turn.begin(&task);
-        let kept = polled_with(&turn);
+        let (count, turn, kept) = turn_after_one_poll();
         assert!(!turn.end(), "nothing woke the connection during the turn");
         kept.wake_by_ref();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
@@ -269,10 +271,7 @@ mod tests {
 
     #[test]
     fn a_wake_after_the_last_poll_of_a_turn_is_recorded_not_passed_on() {
-        let (count, task) = task_waker();
-        let turn = Turn::new();
-        turn.begin(&task);
-        let kept = polled_with(&turn);
+        let (count, turn, kept) = turn_after_one_poll();
         // A stream answers after the connection's last poll in this turn.
         kept.wake_by_ref();
         kept.wake_by_ref();
@@ -290,10 +289,7 @@ mod tests {
 
     #[test]
     fn a_wake_before_a_later_poll_of_the_same_turn_is_covered_by_it() {
-        let (count, task) = task_waker();
-        let turn = Turn::new();
-        turn.begin(&task);
-        let kept = polled_with(&turn);
+        let (count, turn, kept) = turn_after_one_poll();
         // The streams ran and woke the connection; the turn then polls it again.
         turn.with(|cx| cx.waker().wake_by_ref());
         kept.wake_by_ref();
@@ -307,10 +303,7 @@ mod tests {
         // Whatever the interleaving, a wake that happens after the turn's
         // last poll either makes `end` report it or reaches the task.
         for _ in 0..200 {
-            let (count, task) = task_waker();
-            let turn = Turn::new();
-            turn.begin(&task);
-            let kept = polled_with(&turn);
+            let (count, turn, kept) = turn_after_one_poll();
             let waker = std::thread::spawn(move || kept.wake());
             let reported = turn.end();
             waker.join().expect("the waking thread does not panic");
