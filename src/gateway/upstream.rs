@@ -78,9 +78,33 @@ impl Upstream {
         &self.authority
     }
 
+    /// What the gateway's connector dials: scheme, host and port.
+    pub fn base_uri(&self) -> Uri {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_default()
+    }
+
+    /// The `Host` an HTTP/1.1 client sends for this upstream: the host, and
+    /// the port unless it is the scheme's default (what hyper-util's client
+    /// would add to a request that has none).
+    pub fn host_header(&self) -> Option<http::HeaderValue> {
+        let default_port = if self.is_https() { 443 } else { 80 };
+        let host = match self.authority.port_u16() {
+            Some(port) if port != default_port => format!("{}:{port}", self.authority.host()),
+            _ => self.authority.host().to_owned(),
+        };
+        http::HeaderValue::from_str(&host).ok()
+    }
+
     /// The absolute URI for a client's request target (`/path?query`,
-    /// origin-form): the prefix, then the target as the client sent it.
-    pub fn uri_for(&self, target: &PathAndQuery) -> Uri {
+    /// origin-form): the prefix, then the target as the client sent it,
+    /// under `authority` (the upstream's own, or the pool's key: see
+    /// `proxy::Gateway::new`).
+    pub fn uri_for(&self, target: &PathAndQuery, authority: &Authority) -> Uri {
         let path_and_query = if self.prefix.is_empty() {
             target.clone()
         } else {
@@ -92,7 +116,7 @@ impl Upstream {
         };
         Uri::builder()
             .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
+            .authority(authority.clone())
             .path_and_query(path_and_query)
             .build()
             .unwrap_or_default()
@@ -119,15 +143,57 @@ mod tests {
         let u = Upstream::parse("http://127.0.0.1:9000").unwrap();
         assert!(!u.is_https());
         assert_eq!(
-            u.uri_for(&pq("/a%2Fb/%7e?x=%20&y")).to_string(),
+            u.uri_for(&pq("/a%2Fb/%7e?x=%20&y"), u.authority())
+                .to_string(),
             "http://127.0.0.1:9000/a%2Fb/%7e?x=%20&y"
         );
         let u = Upstream::parse("https://api.internal/v1/").unwrap();
         assert!(u.is_https());
         assert_eq!(u.authority().as_str(), "api.internal");
         assert_eq!(
-            u.uri_for(&pq("/orders?id=7")).to_string(),
+            u.uri_for(&pq("/orders?id=7"), u.authority()).to_string(),
             "https://api.internal/v1/orders?id=7"
+        );
+        let key = Authority::from_static("u");
+        assert_eq!(
+            u.uri_for(&pq("/orders?id=7"), &key).to_string(),
+            "https://u/v1/orders?id=7"
+        );
+    }
+
+    #[test]
+    fn the_dialled_uri_and_the_default_host() {
+        let host = |url: &str| {
+            let u = Upstream::parse(url).unwrap();
+            (
+                u.base_uri().to_string(),
+                u.host_header().unwrap().to_str().unwrap().to_owned(),
+            )
+        };
+        assert_eq!(
+            host("http://127.0.0.1:9000/v1"),
+            (
+                "http://127.0.0.1:9000/".to_owned(),
+                "127.0.0.1:9000".to_owned()
+            )
+        );
+        assert_eq!(
+            host("http://api.internal:80"),
+            (
+                "http://api.internal:80/".to_owned(),
+                "api.internal".to_owned()
+            )
+        );
+        assert_eq!(
+            host("https://api.internal"),
+            (
+                "https://api.internal/".to_owned(),
+                "api.internal".to_owned()
+            )
+        );
+        assert_eq!(
+            host("https://[::1]:8443"),
+            ("https://[::1]:8443/".to_owned(), "[::1]:8443".to_owned())
         );
     }
 

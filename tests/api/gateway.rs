@@ -526,6 +526,30 @@ async fn h2c_client_in_front_of_an_http1_upstream() {
     assert_eq!(seen.headers["host"], s.addr.to_string());
 }
 
+/// A request without `Host` (HTTP/1.0) gets the upstream's own, as the
+/// address the gateway dials; whatever keys its connection pool never shows.
+#[tokio::test]
+async fn a_request_without_host_gets_the_upstreams() {
+    let up = Upstream_::default();
+    let upstream = up.start().await;
+    let s = TestServer::with(
+        keys_from(KEYS),
+        gateway_config(upstream, Duration::from_secs(30)),
+        Limits::default(),
+    )
+    .await;
+    let got = raw(
+        s.addr,
+        b"GET /orders?id=7 HTTP/1.0\r\nX-Token: full-access-key-1\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.0 200 OK\r\n"), "{got}");
+    let seen = up.last();
+    assert_eq!(seen.target, "/orders?id=7");
+    assert_eq!(seen.headers["host"], upstream.to_string());
+    assert!(seen.headers.get("x-forwarded-host").is_none());
+}
+
 /// `--admin-listen`: tokengate's own routes there, every path of the main
 /// listener upstream (the binary, as an operator runs it).
 #[tokio::test]
