@@ -33,10 +33,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let workers = args.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        usize::from,
+    );
+    let mut builder = if workers == 1 {
+        // One thread does it all: the scheduler without work stealing is
+        // cheaper per task wake-up, and no second thread (the multi-thread
+        // runtime's main thread runs the accept loop apart from its worker)
+        // competes for the one CPU.
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tokengate: cannot start the async runtime: {e}");
@@ -45,6 +57,7 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(run(
         config,
+        workers,
         access.as_ref().map(|(_, dropped)| dropped.clone()),
     ));
     // Flushes the access log's writer thread.
@@ -54,6 +67,7 @@ fn main() -> ExitCode {
 
 async fn run(
     config: Config,
+    workers: usize,
     access_dropped: Option<tracing_appender::non_blocking::ErrorCounter>,
 ) -> ExitCode {
     let dropped = access_dropped.map(|counter| {
@@ -143,6 +157,7 @@ async fn run(
         address = %local,
         socket = origin,
         protocols,
+        workers,
         keys = ?app.key_labels(),
         "tokengate listening on {scheme}://{local}"
     );

@@ -56,6 +56,12 @@ pub struct Args {
     #[arg(long, env = "TOKENGATE_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N")]
     pub max_connections: u32,
 
+    /// Worker threads (default: the CPUs this process may use). With 1, every
+    /// connection runs on one thread (tokio's current-thread scheduler: no
+    /// work stealing, no cross-thread wake-ups).
+    #[arg(long, env = "TOKENGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024), value_name = "N")]
+    pub workers: Option<u16>,
+
     /// Time allowed from accept (or the first byte of a request) to a complete request head.
     #[arg(long, env = "TOKENGATE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub header_read_timeout: Duration,

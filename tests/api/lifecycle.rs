@@ -6,7 +6,9 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::support::{Spawned, TempDir, command, raw, read_to_close, statuses};
+use http::{Method, StatusCode};
+
+use crate::support::{Proto, Spawned, TempDir, command, raw, read_to_close, send, statuses};
 
 #[tokio::test]
 async fn request_in_flight_at_sigterm_completes() {
@@ -297,4 +299,84 @@ async fn graceful_stop_closes_idle_connections() {
         .unwrap()
         .unwrap()
         .ok();
+}
+
+/// The names of the process's threads (`/proc/PID/task/*/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+/// `--workers 1`: every connection on the one thread (no tokio worker thread
+/// at all), with nothing else changed: both protocols, a key reload, the
+/// drain of a request in flight. `--workers 2` runs two workers.
+#[tokio::test]
+async fn one_worker_serves_everything_on_one_thread() {
+    let dir = TempDir::new("workers");
+    let file = dir.join("keys");
+    std::fs::write(&file, "first-worker-key-a\n").unwrap();
+    let keys = file.to_str().unwrap();
+    let mut server = Spawned::start(&["--workers", "1", "--token-file", keys], &[]).await;
+    server.wait_for_log("workers=1").await;
+    for proto in [Proto::H1, Proto::H2] {
+        let r = send(
+            proto,
+            server.addr,
+            Method::GET,
+            "/protected",
+            &[("x-token", "first-worker-key-a")],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{proto:?}");
+    }
+    std::fs::write(&file, "second-worker-key-b\n").unwrap();
+    server.signal("-HUP");
+    server.wait_for_log("keys reloaded").await;
+    for (key, want) in [
+        ("second-worker-key-b", StatusCode::OK),
+        ("first-worker-key-a", StatusCode::UNAUTHORIZED),
+    ] {
+        let r = send(
+            Proto::H2,
+            server.addr,
+            Method::GET,
+            "/protected",
+            &[("x-token", key)],
+        )
+        .await;
+        assert_eq!(r.status, want, "{key}");
+    }
+    let pid = server.child.id().unwrap();
+    let names = thread_names(pid);
+    assert!(
+        !names.iter().any(|n| n.starts_with("tokio-r")),
+        "a runtime worker thread with --workers 1: {names:?}"
+    );
+
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(b"GET /protected HTTP/1.1\r\nHost: t\r\nX-Token: second-wor")
+        .await
+        .unwrap();
+    server.signal("-TERM");
+    server.wait_for_log("draining connections").await;
+    conn.write_all(b"ker-key-b\r\n\r\n").await.unwrap();
+    let transcript = read_to_close(&mut conn).await;
+    assert_eq!(statuses(&transcript), [200], "{transcript}");
+    let status = server.wait().await;
+    let log = server.log_after_exit().await;
+    assert!(status.success(), "exit status {status:?}; log:\n{log}");
+    assert!(log.contains("shutdown complete"), "{log}");
+
+    let mut two = Spawned::start(&["--workers", "2"], &[]).await;
+    two.wait_for_log("workers=2").await;
+    let workers = thread_names(two.child.id().unwrap())
+        .into_iter()
+        .filter(|n| n.starts_with("tokio-r"))
+        .count();
+    assert_eq!(workers, 2);
+    two.signal("-TERM");
+    assert!(two.wait().await.success());
 }
