@@ -24,21 +24,7 @@ async fn request_in_flight_at_sigterm_completes() {
         [200]
     );
 
-    let mut conn = TcpStream::connect(server.addr).await.unwrap();
-    conn.write_all(b"GET /protected HTTP/1.1\r\nHost: t\r\nX-Token: mysecre")
-        .await
-        .unwrap();
-    server.signal("-TERM");
-    // The drain has begun (a connection still on its first request gets a
-    // grace from here): complete the request.
-    server.wait_for_log("draining connections").await;
-    conn.write_all(b"ttoken\r\n\r\n").await.unwrap();
-    let transcript = read_to_close(&mut conn).await;
-    assert_eq!(statuses(&transcript), [200], "{transcript}");
-
-    let status = server.wait().await;
-    let log = server.log_after_exit().await;
-    assert!(status.success(), "exit status {status:?}; log:\n{log}");
+    let log = sigterm_with_a_request_in_flight(&mut server, "mysecrettoken").await;
     assert!(log.contains("SIGTERM received"), "{log}");
     assert!(log.contains("shutdown complete"), "{log}");
     // After the drain the port is closed.
@@ -301,6 +287,28 @@ async fn graceful_stop_closes_idle_connections() {
         .ok();
 }
 
+/// Sends SIGTERM while a `/protected` request with `key` is half-sent, then
+/// completes it once the drain has begun (a connection still on its first
+/// request gets a grace from there): it must be answered 200, and the server
+/// must exit 0. Returns the log.
+async fn sigterm_with_a_request_in_flight(server: &mut Spawned, key: &str) -> String {
+    let (first, rest) = key.split_at(key.len() / 2);
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!("GET /protected HTTP/1.1\r\nHost: t\r\nX-Token: {first}");
+    conn.write_all(head.as_bytes()).await.unwrap();
+    server.signal("-TERM");
+    server.wait_for_log("draining connections").await;
+    conn.write_all(format!("{rest}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let transcript = read_to_close(&mut conn).await;
+    assert_eq!(statuses(&transcript), [200], "{transcript}");
+    let status = server.wait().await;
+    let log = server.log_after_exit().await;
+    assert!(status.success(), "exit status {status:?}; log:\n{log}");
+    log
+}
+
 /// The names of the process's threads (`/proc/PID/task/*/comm`).
 fn thread_names(pid: u32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -356,18 +364,7 @@ async fn one_worker_serves_everything_on_one_thread() {
         "a runtime worker thread with --workers 1: {names:?}"
     );
 
-    let mut conn = TcpStream::connect(server.addr).await.unwrap();
-    conn.write_all(b"GET /protected HTTP/1.1\r\nHost: t\r\nX-Token: second-wor")
-        .await
-        .unwrap();
-    server.signal("-TERM");
-    server.wait_for_log("draining connections").await;
-    conn.write_all(b"ker-key-b\r\n\r\n").await.unwrap();
-    let transcript = read_to_close(&mut conn).await;
-    assert_eq!(statuses(&transcript), [200], "{transcript}");
-    let status = server.wait().await;
-    let log = server.log_after_exit().await;
-    assert!(status.success(), "exit status {status:?}; log:\n{log}");
+    let log = sigterm_with_a_request_in_flight(&mut server, "second-worker-key-b").await;
     assert!(log.contains("shutdown complete"), "{log}");
 
     let mut two = Spawned::start(&["--workers", "2"], &[]).await;
