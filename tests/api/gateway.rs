@@ -206,16 +206,20 @@ fn gateway_config(upstream: SocketAddr, timeout: Duration) -> AppConfig {
     }
 }
 
+/// tokengate in gateway mode in front of `upstream`.
+async fn gateway_at(upstream: SocketAddr, timeout: Duration) -> TestServer {
+    TestServer::with(
+        keys_from(KEYS),
+        gateway_config(upstream, timeout),
+        Limits::default(),
+    )
+    .await
+}
+
 async fn gateway(timeout: Duration) -> (TestServer, Upstream_) {
     let up = Upstream_::default();
     let addr = up.start().await;
-    let s = TestServer::with(
-        keys_from(KEYS),
-        gateway_config(addr, timeout),
-        Limits::default(),
-    )
-    .await;
-    (s, up)
+    (gateway_at(addr, timeout).await, up)
 }
 
 #[tokio::test]
@@ -428,12 +432,7 @@ async fn failures_are_502_and_504_without_upstream_detail() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let s = TestServer::with(
-        keys_from(KEYS),
-        gateway_config(gone, Duration::from_secs(30)),
-        Limits::default(),
-    )
-    .await;
+    let s = gateway_at(gone, Duration::from_secs(30)).await;
     let r = send(
         Proto::H1,
         s.addr,
@@ -532,12 +531,7 @@ async fn h2c_client_in_front_of_an_http1_upstream() {
 async fn a_request_without_host_gets_the_upstreams() {
     let up = Upstream_::default();
     let upstream = up.start().await;
-    let s = TestServer::with(
-        keys_from(KEYS),
-        gateway_config(upstream, Duration::from_secs(30)),
-        Limits::default(),
-    )
-    .await;
+    let s = gateway_at(upstream, Duration::from_secs(30)).await;
     let got = raw(
         s.addr,
         b"GET /orders?id=7 HTTP/1.0\r\nX-Token: full-access-key-1\r\n\r\n",
