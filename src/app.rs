@@ -2,8 +2,11 @@
 //! head limits, route match, guard, response — and around it the timing,
 //! the metrics and the access log.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{HeaderName, Method, Request, Response, StatusCode};
@@ -13,7 +16,7 @@ use hyper::body::Incoming;
 use crate::client::TrustedProxies;
 use crate::forward_auth::{self, Original};
 use crate::gateway::GatewayConfig;
-use crate::gateway::proxy::{Forward, Gateway, ServiceBody};
+use crate::gateway::proxy::{Answered, Forward, Gateway, Sending, ServiceBody};
 use crate::guard::{Guard, Outcome};
 use crate::head::{self, HeadProblem};
 use crate::keys::KeySet;
@@ -101,10 +104,38 @@ pub enum Step {
     Forward(Forward),
 }
 
-/// A gateway request rewritten for the upstream, not yet sent.
-pub struct Pending {
+pin_project_lite::pin_project! {
+    /// A proxied request, from the service call until the upstream's
+    /// response head: what hyper holds (and moves) for it.
+    pub struct Forwarding {
+        #[pin]
+        sending: Sending,
+        done: Option<Done>,
+    }
+}
+
+impl Future for Forwarding {
+    type Output = Response<ServiceBody>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answered = std::task::ready!(this.sending.poll(cx));
+        match this.done.take() {
+            Some(Done { app, start, logged }) => {
+                Poll::Ready(app.forwarded(answered, start, logged))
+            }
+            // Futures are not polled again once they returned `Ready`.
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// What a proxied request needs after the upstream answered.
+struct Done {
+    app: Arc<App>,
+    /// When tokengate started on the request.
     start: Instant,
-    prepared: Option<crate::gateway::proxy::Prepared>,
+    /// Only with the access log.
     logged: Option<Box<Logged>>,
 }
 
@@ -298,9 +329,16 @@ impl App {
         }
     }
 
-    /// Gateway mode: rewrites `req` for the upstream (synchronously, in the
-    /// service call), then [`App::forward`] sends it.
-    pub fn prepare_forward(&self, req: Request<Incoming>, forward: Forward) -> Pending {
+    /// Gateway mode: rewrites `req` for the upstream and hands it to the
+    /// client, synchronously in the service call; the returned future waits
+    /// for the upstream's response head. `None` when this is not a gateway
+    /// (the gateway service is only used in one): see [`App::not_found`].
+    pub fn forward(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        forward: Forward,
+    ) -> Option<Forwarding> {
+        let gateway = self.gateway.as_ref()?;
         let start = forward.start;
         // Only with the access log: what its line needs once `req` is gone.
         let logged = self.access_log.then(|| {
@@ -313,29 +351,35 @@ impl App {
                 label: forward.key_label.clone(),
             })
         });
-        let prepared = self
-            .gateway
-            .as_ref()
-            .map(|gateway| gateway.prepare(req, &forward, &self.token_header));
-        Pending {
-            start,
-            prepared,
-            logged,
-        }
+        let sending = gateway.send(gateway.prepare(req, &forward, &self.token_header));
+        Some(Forwarding {
+            sending,
+            done: Some(Done {
+                app: Arc::clone(self),
+                start,
+                logged,
+            }),
+        })
     }
 
-    /// Gateway mode: sends a prepared request and streams the answer back.
-    pub async fn forward(&self, pending: Pending) -> Response<ServiceBody> {
-        let Pending {
-            start,
-            prepared,
-            logged,
-        } = pending;
-        let (Some(gateway), Some(prepared)) = (&self.gateway, prepared) else {
-            return self.responses.not_found.respond(false).map(Either::Left);
+    /// tokengate's 404.
+    pub fn not_found(&self) -> Response<Body> {
+        self.responses.not_found.respond(false)
+    }
+
+    /// A proxied request's response for the client, recorded (metrics, the
+    /// access log).
+    fn forwarded(
+        &self,
+        answered: Answered,
+        start: Instant,
+        logged: Option<Box<Logged>>,
+    ) -> Response<ServiceBody> {
+        let Some(gateway) = &self.gateway else {
+            return self.not_found().map(Either::Left);
         };
         let metrics = self.metrics_on.then_some(&self.metrics);
-        let response = gateway.send(prepared, &self.responses, metrics).await;
+        let response = gateway.finish(answered, &self.responses, metrics);
         let elapsed = start.elapsed();
         if self.metrics_on {
             self.metrics

@@ -1,7 +1,9 @@
 //! The proxy path: one request to the upstream and its response back, bodies
 //! streamed both ways (never buffered whole), upgrades passed through.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -13,8 +15,8 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, Error as LegacyError, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
@@ -207,21 +209,44 @@ impl Gateway {
         }
     }
 
-    /// Sends a prepared request upstream and streams the answer back.
-    /// Failures are tokengate's own 502/504, with no upstream detail.
-    pub async fn send(
-        &self,
-        prepared: Prepared,
-        responses: &Responses,
-        metrics: Option<&Metrics>,
-    ) -> Response<ServiceBody> {
+    /// Sends a prepared request upstream: the client takes it at once (its
+    /// own future is boxed); what is returned waits for the response head,
+    /// within `--upstream-timeout`. [`Gateway::finish`] turns what it yields
+    /// into the client's response.
+    pub fn send(&self, prepared: Prepared) -> Sending {
         let Prepared {
             request,
             client_upgrade,
             client_h2,
         } = prepared;
-        let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
+        Sending {
+            response: tokio::time::timeout(self.timeout, self.client.request(request)),
+            rest: Some(Rest {
+                client_upgrade,
+                client_h2,
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    /// The client's response for what the upstream answered: its response
+    /// (headers made fit for the client, an upgrade handed through), or
+    /// tokengate's own 502/504 with no upstream detail.
+    pub fn finish(
+        &self,
+        answered: Answered,
+        responses: &Responses,
+        metrics: Option<&Metrics>,
+    ) -> Response<ServiceBody> {
+        let Answered {
+            result,
+            rest:
+                Rest {
+                    client_upgrade,
+                    client_h2,
+                    started,
+                },
+        } = answered;
         let mut response = match result {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
@@ -269,6 +294,48 @@ impl Gateway {
             });
         }
         response.map(Either::Right)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request on its way to the upstream, until its response head (or
+    /// the timeout). A named future rather than an `async fn`: an async
+    /// function keeps its arguments for its whole life beside what it
+    /// awaits, so the request was held twice over in the future hyper
+    /// moves around (1,200 bytes; this one holds the client's boxed future,
+    /// the timer and a few words).
+    pub struct Sending {
+        #[pin]
+        response: tokio::time::Timeout<ResponseFuture>,
+        rest: Option<Rest>,
+    }
+}
+
+/// What [`Sending`] yields: the upstream's answer (or the client's error, or
+/// the timeout) and what [`Gateway::finish`] needs besides.
+pub struct Answered {
+    result: Result<Result<Response<Incoming>, LegacyError>, tokio::time::error::Elapsed>,
+    rest: Rest,
+}
+
+/// What crosses the wait for the upstream besides its response.
+struct Rest {
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_h2: bool,
+    started: Instant,
+}
+
+impl Future for Sending {
+    type Output = Answered;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answered> {
+        let this = self.project();
+        let result = std::task::ready!(this.response.poll(cx));
+        match this.rest.take() {
+            Some(rest) => Poll::Ready(Answered { result, rest }),
+            // Futures are not polled again once they returned `Ready`.
+            None => Poll::Pending,
+        }
     }
 }
 

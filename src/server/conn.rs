@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 use std::time::Instant;
 
-use futures_util::future;
+use futures_util::{FutureExt, future};
 use http::{Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -275,11 +275,12 @@ fn gateway_service(
             Step::Respond(response) => {
                 future::Either::Left(std::future::ready(Ok(response.map(Either::Left))))
             }
-            Step::Forward(forward) => {
-                let pending = app.prepare_forward(req, forward);
-                let app = app.clone();
-                future::Either::Right(async move { Ok(app.forward(pending).await) })
-            }
+            Step::Forward(forward) => match app.forward(req, forward) {
+                Some(forwarding) => future::Either::Right(forwarding.map(Ok)),
+                None => {
+                    future::Either::Left(std::future::ready(Ok(app.not_found().map(Either::Left))))
+                }
+            },
         }
     })
 }
