@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::support::{Proto, TestServer, keys_from, raw, send, statuses};
+use crate::support::{Proto, Resp, TestServer, keys_from, raw, send, statuses};
 
 const KEYS: &str = "\
 full-access-key-1 ops
@@ -192,6 +192,18 @@ impl Upstream_ {
     }
 }
 
+/// `GET path` over HTTP/1.1 with the full-access key.
+async fn get_with_key(addr: SocketAddr, path: &str) -> Resp {
+    send(
+        Proto::H1,
+        addr,
+        Method::GET,
+        path,
+        &[("x-token", "full-access-key-1")],
+    )
+    .await
+}
+
 fn gateway_config(upstream: SocketAddr, timeout: Duration) -> AppConfig {
     AppConfig {
         gateway: Some(GatewayConfig {
@@ -343,14 +355,7 @@ async fn bodies_stream_both_ways() {
     resp.into_body().collect().await.unwrap();
     assert_eq!(up.last().body_len, 16 * 1024 * 1024);
     // Download 16 MiB, counted as it arrives.
-    let resp = send(
-        Proto::H1,
-        s.addr,
-        Method::GET,
-        "/download",
-        &[("x-token", "full-access-key-1")],
-    )
-    .await;
+    let resp = get_with_key(s.addr, "/download").await;
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(resp.body.len(), 16 * 1024 * 1024);
 }
@@ -433,38 +438,17 @@ async fn failures_are_502_and_504_without_upstream_detail() {
         l.local_addr().unwrap()
     };
     let s = gateway_at(gone, Duration::from_secs(30)).await;
-    let r = send(
-        Proto::H1,
-        s.addr,
-        Method::GET,
-        "/x",
-        &[("x-token", "full-access-key-1")],
-    )
-    .await;
+    let r = get_with_key(s.addr, "/x").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert_eq!(r.text(), r#"{"detail":"Bad Gateway"}"#);
     assert!(!r.text().contains(&gone.port().to_string()));
     // No response head in time: 504 (the upstream is hostile here, the
     // 1 s timeout is the gateway's).
     let (s, _up) = gateway(Duration::from_secs(1)).await;
-    let r = send(
-        Proto::H1,
-        s.addr,
-        Method::GET,
-        "/never",
-        &[("x-token", "full-access-key-1")],
-    )
-    .await;
+    let r = get_with_key(s.addr, "/never").await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(r.text(), r#"{"detail":"Gateway Timeout"}"#);
-    let m = send(
-        Proto::H1,
-        s.addr,
-        Method::GET,
-        "/metrics",
-        &[("x-token", "full-access-key-1")],
-    )
-    .await;
+    let m = get_with_key(s.addr, "/metrics").await;
     assert!(
         m.text()
             .contains(r#"tokengate_upstream_errors_total{kind="timeout"} 1"#),
@@ -565,14 +549,7 @@ async fn admin_listener_takes_tokengates_own_routes() {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no admin address in:\n{log}"));
     // The main listener passes even /healthz on (with a key).
-    let r = send(
-        Proto::H1,
-        server.addr,
-        Method::GET,
-        "/healthz",
-        &[("x-token", "full-access-key-1")],
-    )
-    .await;
+    let r = get_with_key(server.addr, "/healthz").await;
     assert_eq!(r.text(), "upstream saw /healthz");
     let r = send(Proto::H1, server.addr, Method::GET, "/healthz", &[]).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
@@ -580,14 +557,7 @@ async fn admin_listener_takes_tokengates_own_routes() {
     let before = up.count();
     let r = send(Proto::H1, admin, Method::GET, "/healthz", &[]).await;
     assert_eq!(r.text(), r#"{"status":"ok"}"#);
-    let r = send(
-        Proto::H1,
-        admin,
-        Method::GET,
-        "/orders",
-        &[("x-token", "full-access-key-1")],
-    )
-    .await;
+    let r = get_with_key(admin, "/orders").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let r = send(
         Proto::H1,
@@ -657,14 +627,7 @@ async fn https_upstream_with_a_private_ca() {
             ..AppConfig::default()
         };
         let s = TestServer::with(keys_from(KEYS), config, Limits::default()).await;
-        let r = send(
-            Proto::H1,
-            s.addr,
-            Method::GET,
-            "/secure",
-            &[("x-token", "full-access-key-1")],
-        )
-        .await;
+        let r = get_with_key(s.addr, "/secure").await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         let want = if http2 { "HTTP/2.0" } else { "HTTP/1.1" };
         assert_eq!(r.text(), format!("tls upstream saw {want} /secure"));
@@ -681,14 +644,7 @@ async fn https_upstream_with_a_private_ca() {
             ..AppConfig::default()
         };
         let s = TestServer::with(keys_from(KEYS), untrusting, Limits::default()).await;
-        let r = send(
-            Proto::H1,
-            s.addr,
-            Method::GET,
-            "/secure",
-            &[("x-token", "full-access-key-1")],
-        )
-        .await;
+        let r = get_with_key(s.addr, "/secure").await;
         assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     }
 }
@@ -751,23 +707,9 @@ async fn proxied_requests_are_counted_and_logged() {
     );
     let mut child = cmd.spawn().unwrap();
     let (gw, _lines) = crate::support::wait_for_address(&mut child).await;
-    let r = send(
-        Proto::H1,
-        gw,
-        Method::GET,
-        "/orders?secret-query=1",
-        &[("x-token", "full-access-key-1")],
-    )
-    .await;
+    let r = get_with_key(gw, "/orders?secret-query=1").await;
     assert_eq!(r.status, StatusCode::OK);
-    let m = send(
-        Proto::H1,
-        gw,
-        Method::GET,
-        "/metrics",
-        &[("x-token", "full-access-key-1")],
-    )
-    .await;
+    let m = get_with_key(gw, "/metrics").await;
     assert!(
         m.text()
             .contains(r#"tokengate_requests_total{route="upstream",status="200"} 1"#),
