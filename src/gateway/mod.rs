@@ -9,13 +9,17 @@
 //!   client-sent `x-auth-key-label` never reach the upstream.
 //! * [`upstream`] — the `--upstream` URL, and the target the upstream gets:
 //!   its path prefix, then the client's path and query byte for byte.
-//! * [`proxy`] — the pooled keep-alive client (hyper-util's legacy client,
-//!   rustls with the webpki roots and `--upstream-ca`), one request upstream
-//!   and its response back, bodies streamed, upgrades passed through, 502/504.
+//! * [`proxy`] — one request upstream and its response back, bodies
+//!   streamed, upgrades passed through, 502/504; rustls with the webpki
+//!   roots and `--upstream-ca` for `https://` upstreams.
+//! * [`pool`] — the HTTP/1.1 keep-alive client: a pool shared by all client
+//!   connections, each upstream connection driven by the task of the request
+//!   using it (`--upstream-http2` uses hyper-util's legacy client).
 //! * [`tunnels`] — upgraded connections, counted so the drain waits for them
 //!   and closes them at its deadline.
 
 pub mod headers;
+pub mod pool;
 pub mod proxy;
 pub mod tunnels;
 pub mod upstream;

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, UPGRADE};
-use http::uri::Authority;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -24,6 +23,7 @@ use tracing::{debug, warn};
 
 use super::GatewayConfig;
 use super::headers::{Hop, for_client, for_upstream};
+use super::pool::{self, Lease, Pool, UpstreamBody};
 use super::tunnels::Tunnels;
 use super::upstream::Upstream;
 use crate::keys::Scope;
@@ -32,14 +32,21 @@ use crate::responses::Responses;
 
 /// The body of every response the server sends: a prebuilt one, or the
 /// upstream's, streamed.
-pub type ServiceBody = Either<Full<Bytes>, Incoming>;
+pub type ServiceBody = Either<Full<Bytes>, UpstreamBody>;
+
+/// The upstream client.
+enum Clients {
+    /// HTTP/1.1: tokengate's pool, connections driven by the requests'
+    /// own tasks (see [`super::pool`]).
+    Http1(Arc<Pool>),
+    /// `--upstream-http2`: hyper-util's pooled client.
+    Legacy(Box<Client<HttpsConnector<HttpConnector>, Incoming>>),
+}
 
 /// The upstream, its client and the gateway's rules.
 pub struct Gateway {
     upstream: Upstream,
-    client: Client<Dial, Incoming>,
-    /// The authority of the URIs handed to `client` (see [`Gateway::new`]).
-    pool_key: Authority,
+    client: Clients,
     timeout: Duration,
     upstream_host: Option<HeaderValue>,
     /// The `Host` for a request that came without one (HTTP/1.0).
@@ -73,20 +80,9 @@ pub struct Forward {
 }
 
 impl Gateway {
-    /// The pooled keep-alive client for `config` (HTTP/1.1; HTTP/2 with
-    /// `--upstream-http2`: by ALPN over TLS, prior knowledge over cleartext).
-    ///
-    /// hyper-util's pool keys its connections by the request URI's scheme
-    /// and authority, and hashes the authority one byte at a time (SipHash,
-    /// three or four times per request: ~2,100 instructions for
-    /// `127.0.0.1:9000`). A gateway has one upstream, so there is nothing to
-    /// tell apart: over HTTP/1.1 the URIs handed to the client carry a
-    /// one-letter authority that is never sent (the request line is
-    /// origin-form and tokengate sets `Host` itself), and the connector,
-    /// [`Dial`], connects to the configured upstream whatever the URI says
-    /// (TLS names and verification use the real one). With
-    /// `--upstream-http2` the authority is sent as `:authority`, so it stays
-    /// the upstream's.
+    /// The pooled keep-alive client for `config`: HTTP/1.1 by tokengate's
+    /// pool ([`super::pool`]); HTTP/2 with `--upstream-http2` by hyper-util's
+    /// client (by ALPN over TLS, prior knowledge over cleartext).
     pub fn new(config: &GatewayConfig) -> Self {
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -100,35 +96,36 @@ impl Gateway {
             .expect("ring supports the default protocol versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let mut tcp = HttpConnector::new();
+        // The scheme is the TLS layer's business.
+        tcp.enforce_http(false);
+        // Requests and responses are written whole: no reason to wait.
+        tcp.set_nodelay(true);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
-            .https_or_http();
-        let connector = if config.http2 {
-            connector.enable_http1().enable_http2().build()
+            .https_or_http()
+            .enable_http1();
+        let client = if config.http2 {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_idle_timeout(pool::IDLE_TIMEOUT)
+                .pool_max_idle_per_host(pool::MAX_IDLE)
+                .set_host(false);
+            if !config.upstream.is_https() {
+                builder.http2_only(true);
+            }
+            Clients::Legacy(Box::new(
+                builder.build(connector.enable_http2().wrap_connector(tcp)),
+            ))
         } else {
-            connector.enable_http1().build()
-        };
-        let dial = Dial {
-            connector,
-            upstream: config.upstream.base_uri(),
-        };
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .set_host(false);
-        if config.http2 && !config.upstream.is_https() {
-            builder.http2_only(true);
-        }
-        let pool_key = if config.http2 {
-            config.upstream.authority().clone()
-        } else {
-            Authority::from_static("u")
+            Clients::Http1(Arc::new(Pool::new(
+                connector.wrap_connector(tcp),
+                config.upstream.base_uri(),
+            )))
         };
         Gateway {
             upstream: config.upstream.clone(),
-            client: builder.build(dial),
-            pool_key,
+            client,
             timeout: config.timeout,
             upstream_host: config.upstream_host.clone(),
             default_host: config.upstream.host_header(),
@@ -197,7 +194,13 @@ impl Gateway {
                 }
             }
         }
-        parts.uri = self.upstream.uri_for(&target, &self.pool_key);
+        parts.uri = match &self.client {
+            // Origin-form: hyper's connection writes the URI as it is.
+            Clients::Http1(_) => Uri::from(self.upstream.target_for(&target)),
+            // Absolute: the legacy client takes its pool key and the HTTP/2
+            // `:authority` from it.
+            Clients::Legacy(_) => self.upstream.uri_for(&target),
+        };
         // The client speaks HTTP/2 to the upstream when it negotiated it
         // (ALPN) or was told to (`--upstream-http2` over cleartext), whatever
         // the version the request came in with.
@@ -209,22 +212,28 @@ impl Gateway {
         }
     }
 
-    /// Sends a prepared request upstream: the client takes it at once (its
-    /// own future is boxed); what is returned waits for the response head,
-    /// within `--upstream-timeout`. [`Gateway::finish`] turns what it yields
-    /// into the client's response.
+    /// Sends a prepared request upstream; what is returned waits for the
+    /// response head, within `--upstream-timeout`. [`Gateway::finish`] turns
+    /// what it yields into the client's response.
     pub fn send(&self, prepared: Prepared) -> Sending {
         let Prepared {
             request,
             client_upgrade,
             client_h2,
         } = prepared;
+        let started = Instant::now();
+        let exchange = match &self.client {
+            Clients::Http1(pool) => {
+                Exchange::Http1(pool.send(request, client_upgrade.is_some(), started))
+            }
+            Clients::Legacy(client) => Exchange::Legacy(client.request(request)),
+        };
         Sending {
-            response: tokio::time::timeout(self.timeout, self.client.request(request)),
+            response: tokio::time::timeout(self.timeout, exchange),
             rest: Some(Rest {
                 client_upgrade,
                 client_h2,
-                started: Instant::now(),
+                started,
             }),
         }
     }
@@ -247,8 +256,8 @@ impl Gateway {
                     started,
                 },
         } = answered;
-        let mut response = match result {
-            Ok(Ok(response)) => response,
+        let (mut response, lease) = match result {
+            Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
                 let kind = if e.is_connect() {
                     UpstreamError::Connect
@@ -293,7 +302,57 @@ impl Gateway {
                 }
             });
         }
-        response.map(Either::Right)
+        response.map(|body| Either::Right(UpstreamBody::new(body, lease)))
+    }
+}
+
+/// The client's work for one request.
+enum Exchange {
+    Http1(pool::Exchange),
+    Legacy(ResponseFuture),
+}
+
+/// Why the upstream gave no response, from either client.
+pub enum Failed {
+    /// tokengate's HTTP/1.1 client.
+    Http1(pool::Failure),
+    /// hyper-util's client (`--upstream-http2`).
+    Legacy(LegacyError),
+}
+
+impl Failed {
+    fn is_connect(&self) -> bool {
+        match self {
+            Failed::Http1(e) => matches!(e, pool::Failure::Connect(_)),
+            Failed::Legacy(e) => e.is_connect(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Http1(e) => e.fmt(f),
+            Failed::Legacy(e) => e.fmt(f),
+        }
+    }
+}
+
+type Exchanged = Result<(Response<Incoming>, Option<Lease>), Failed>;
+
+impl Future for Exchange {
+    type Output = Exchanged;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Exchanged> {
+        match self.get_mut() {
+            Exchange::Http1(exchange) => Pin::new(exchange).poll(cx).map(|r| {
+                r.map(|(response, lease)| (response, Some(lease)))
+                    .map_err(Failed::Http1)
+            }),
+            Exchange::Legacy(response) => Pin::new(response)
+                .poll(cx)
+                .map(|r| r.map(|response| (response, None)).map_err(Failed::Legacy)),
+        }
     }
 }
 
@@ -306,7 +365,7 @@ pin_project_lite::pin_project! {
     /// the timer and a few words).
     pub struct Sending {
         #[pin]
-        response: tokio::time::Timeout<ResponseFuture>,
+        response: tokio::time::Timeout<Exchange>,
         rest: Option<Rest>,
     }
 }
@@ -314,7 +373,7 @@ pin_project_lite::pin_project! {
 /// What [`Sending`] yields: the upstream's answer (or the client's error, or
 /// the timeout) and what [`Gateway::finish`] needs besides.
 pub struct Answered {
-    result: Result<Result<Response<Incoming>, LegacyError>, tokio::time::error::Elapsed>,
+    result: Result<Exchanged, tokio::time::error::Elapsed>,
     rest: Rest,
 }
 
@@ -336,28 +395,6 @@ impl Future for Sending {
             // Futures are not polled again once they returned `Ready`.
             None => Poll::Pending,
         }
-    }
-}
-
-/// The gateway client's connector: the configured upstream, whatever the
-/// request URI's authority (the pool's key, see [`Gateway::new`]).
-#[derive(Clone)]
-pub struct Dial {
-    connector: HttpsConnector<HttpConnector>,
-    upstream: Uri,
-}
-
-impl tower_service::Service<Uri> for Dial {
-    type Response = <HttpsConnector<HttpConnector> as tower_service::Service<Uri>>::Response;
-    type Error = <HttpsConnector<HttpConnector> as tower_service::Service<Uri>>::Error;
-    type Future = <HttpsConnector<HttpConnector> as tower_service::Service<Uri>>::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.connector.poll_ready(cx)
-    }
-
-    fn call(&mut self, _key: Uri) -> Self::Future {
-        self.connector.call(self.upstream.clone())
     }
 }
 

@@ -100,12 +100,10 @@ impl Upstream {
         http::HeaderValue::from_str(&host).ok()
     }
 
-    /// The absolute URI for a client's request target (`/path?query`,
-    /// origin-form): the prefix, then the target as the client sent it,
-    /// under `authority` (the upstream's own, or the pool's key: see
-    /// `proxy::Gateway::new`).
-    pub fn uri_for(&self, target: &PathAndQuery, authority: &Authority) -> Uri {
-        let path_and_query = if self.prefix.is_empty() {
+    /// The target the upstream gets for a client's (`/path?query`,
+    /// origin-form): the prefix, then the target as the client sent it.
+    pub fn target_for(&self, target: &PathAndQuery) -> PathAndQuery {
+        if self.prefix.is_empty() {
             target.clone()
         } else {
             // The prefix is validated URI text and the target came from a
@@ -113,11 +111,16 @@ impl Upstream {
             format!("{}{}", self.prefix, target.as_str())
                 .parse()
                 .unwrap_or_else(|_| target.clone())
-        };
+        }
+    }
+
+    /// The absolute URI for a client's request target: the upstream's
+    /// scheme and authority, then [`Upstream::target_for`].
+    pub fn uri_for(&self, target: &PathAndQuery) -> Uri {
         Uri::builder()
             .scheme(self.scheme.clone())
-            .authority(authority.clone())
-            .path_and_query(path_and_query)
+            .authority(self.authority.clone())
+            .path_and_query(self.target_for(target))
             .build()
             .unwrap_or_default()
     }
@@ -143,21 +146,23 @@ mod tests {
         let u = Upstream::parse("http://127.0.0.1:9000").unwrap();
         assert!(!u.is_https());
         assert_eq!(
-            u.uri_for(&pq("/a%2Fb/%7e?x=%20&y"), u.authority())
-                .to_string(),
+            u.uri_for(&pq("/a%2Fb/%7e?x=%20&y")).to_string(),
             "http://127.0.0.1:9000/a%2Fb/%7e?x=%20&y"
+        );
+        assert_eq!(
+            u.target_for(&pq("/a%2Fb/%7e?x=%20&y")).as_str(),
+            "/a%2Fb/%7e?x=%20&y"
         );
         let u = Upstream::parse("https://api.internal/v1/").unwrap();
         assert!(u.is_https());
         assert_eq!(u.authority().as_str(), "api.internal");
         assert_eq!(
-            u.uri_for(&pq("/orders?id=7"), u.authority()).to_string(),
+            u.uri_for(&pq("/orders?id=7")).to_string(),
             "https://api.internal/v1/orders?id=7"
         );
-        let key = Authority::from_static("u");
         assert_eq!(
-            u.uri_for(&pq("/orders?id=7"), &key).to_string(),
-            "https://u/v1/orders?id=7"
+            u.target_for(&pq("/orders?id=7")).as_str(),
+            "/v1/orders?id=7"
         );
     }
 

@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -61,6 +62,8 @@ struct Upstream_ {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// `/sse` sends its second event when this receives.
     sse_gate: Arc<tokio::sync::Mutex<Option<mpsc::Receiver<()>>>>,
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
 }
 
 impl Upstream_ {
@@ -83,6 +86,7 @@ impl Upstream_ {
         let me = self.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                me.connections.fetch_add(1, Ordering::SeqCst);
                 let me = me.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
@@ -143,6 +147,14 @@ impl Upstream_ {
                         let _ = gate.recv().await;
                     }
                     let _ = tx.send(Ok(Bytes::from_static(b"data: two\n\n"))).await;
+                });
+            }
+            "/fixed" => {
+                response
+                    .headers_mut()
+                    .insert("content-length", "5".parse().unwrap());
+                tokio::spawn(async move {
+                    let _ = tx.send(Ok(Bytes::from_static(b"fixed"))).await;
                 });
             }
             "/break" => {
@@ -488,6 +500,96 @@ async fn a_body_broken_mid_way_never_looks_complete() {
     // Reset before the head, or during the body: an error either way.
     if let Ok(resp) = h2.send_request(req).await {
         assert!(resp.into_body().collect().await.is_err());
+    }
+}
+
+/// Upstream connections are kept alive and shared: requests one after the
+/// other, each from a client connection of its own, over HTTP/1.1 and h2c,
+/// with chunked, fixed-length and empty responses, all go over the one
+/// upstream connection (each went back to the pool when its response ended).
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_shared() {
+    let (s, up) = gateway(Duration::from_secs(30)).await;
+    for round in 0..3 {
+        for (proto, path, body) in [
+            (Proto::H1, "/chunked", "upstream saw /chunked"),
+            (Proto::H1, "/fixed", "fixed"),
+            (Proto::H2, "/chunked", "upstream saw /chunked"),
+            (Proto::H2, "/fixed", "fixed"),
+        ] {
+            let r = send(
+                proto,
+                s.addr,
+                Method::GET,
+                path,
+                &[("x-token", "full-access-key-1")],
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "round {round} {proto:?} {path}");
+            assert_eq!(r.text(), body);
+        }
+        let r = send(
+            Proto::H1,
+            s.addr,
+            Method::HEAD,
+            "/fixed",
+            &[("x-token", "full-access-key-1")],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.text(), "");
+    }
+    assert_eq!(up.count(), 15);
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
+/// An upstream that answers one request per connection, keeps the
+/// connection open (it says nothing of closing it) until the response is
+/// through the gateway, then closes it while it sits in the gateway's pool:
+/// the next request must not be a 502 (the closed connection is noticed
+/// when it is taken, or the request, refused by it unsent, is sent once more
+/// on a new one).
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_not_a_502() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    // The test's word to close the connection, and the upstream's that it did.
+    let (close_tx, close_rx) = mpsc::unbounded_channel::<tokio::sync::oneshot::Sender<()>>();
+    let close_rx = Arc::new(tokio::sync::Mutex::new(close_rx));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let close_rx = close_rx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                let done = close_rx.lock().await.recv().await;
+                drop(stream);
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            });
+        }
+    });
+    let s = gateway_at(upstream, Duration::from_secs(30)).await;
+    for i in 0..3 {
+        let r = get_with_key(s.addr, "/x").await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}");
+        assert_eq!(r.text(), "ok");
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        close_tx.send(done_tx).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), done)
+            .await
+            .expect("the upstream closed its connection")
+            .unwrap();
     }
 }
 

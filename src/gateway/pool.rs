@@ -1,0 +1,428 @@
+//! The HTTP/1.1 upstream client: keep-alive connections in a pool shared by
+//! every client connection, each driven by the task of the request that is
+//! using it.
+//!
+//! hyper-util's legacy client gives every upstream connection a task of its
+//! own, hands each request to it over a channel, and spawns one more task
+//! per response to put the connection back once its body is read: three
+//! task wake-ups and a spawn per request between tasks that share one CPU,
+//! ~12,000 instructions per proxied request over hyper's own connection
+//! (`scripts/instructions --gateway`: the bare proxy against
+//! `benches/peers/proxy-inline`). Here a request takes an idle connection
+//! from the pool (or dials one), polls the connection itself while it waits
+//! for the response head, hands it to the response body, which polls it
+//! while the body streams, and the connection goes back to the pool when the
+//! body is dropped, if the exchange left it ready for another request.
+//!
+//! What a pooled client owes besides, kept: a connection found closed when it
+//! is taken is dropped and the next one tried; a request that a reused
+//! connection refused before sending any of it (the upstream closed it
+//! meanwhile) is sent once more on a new connection; at most
+//! [`MAX_IDLE`] connections stay idle, none longer than [`IDLE_TIMEOUT`]
+//! (a sweep closes them even when no request comes); upgrades get their
+//! connection driven by a task of its own until the upgrade is handed over.
+//! HTTP/2 to the upstream (`--upstream-http2`) stays on the legacy client:
+//! one connection multiplexed for many client connections needs a task of
+//! its own.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, Uri};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::TrySendError;
+use hyper::client::conn::http1::{Builder, Connection, SendRequest};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Idle connections kept at most (hyper-util's client was given the same).
+pub const MAX_IDLE: usize = 256;
+/// How long a connection stays idle before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Dialing =
+    Pin<Box<dyn Future<Output = Result<(Box<Conn>, Request<Incoming>), Failure>> + Send>>;
+type Responding = Pin<
+    Box<dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<Incoming>>>> + Send>,
+>;
+
+/// Why the upstream gave no response.
+#[derive(Debug)]
+pub enum Failure {
+    /// No connection: refused, unreachable, TLS or handshake failed.
+    Connect(BoxError),
+    /// The exchange on a connection failed.
+    Exchange(hyper::Error),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Connect(e) => write!(f, "connect: {e}"),
+            Failure::Exchange(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// One upstream connection: the handle requests go through, and the future
+/// that does its I/O.
+struct Conn {
+    sender: SendRequest<Incoming>,
+    io: Connection<Io, Incoming>,
+}
+
+impl Conn {
+    /// Does the connection's pending I/O. `false` once the connection is
+    /// over (closed by either side, or failed): it must not be polled again.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        Pin::new(&mut self.io).poll(cx).is_pending()
+    }
+}
+
+struct Idle {
+    conn: Box<Conn>,
+    since: Instant,
+}
+
+/// The pool, and how to dial a new connection.
+pub struct Pool {
+    idle: Mutex<VecDeque<Idle>>,
+    /// Whether a sweep is scheduled (set and cleared under `idle`'s lock).
+    sweeping: AtomicBool,
+    connector: HttpsConnector<HttpConnector>,
+    /// Scheme, host and port the connector dials.
+    upstream: Uri,
+    builder: Builder,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// An empty pool for connections to `upstream` (scheme, host, port)
+    /// made by `connector`.
+    pub fn new(connector: HttpsConnector<HttpConnector>, upstream: Uri) -> Self {
+        Pool {
+            idle: Mutex::default(),
+            sweeping: AtomicBool::new(false),
+            connector,
+            upstream,
+            builder: Builder::new(),
+        }
+    }
+
+    /// Idle connections now in the pool.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().map_or(0, |idle| idle.len())
+    }
+
+    /// Sends `request` upstream on an idle connection, or on a new one once
+    /// it is dialled: the returned future yields the response head and the
+    /// connection it came on (for the body to drive). `since` is the
+    /// request's start, the idle clock's start for its connection (a few
+    /// microseconds early; saves reading the clock again).
+    pub fn send(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        upgrade: bool,
+        since: Instant,
+    ) -> Exchange {
+        let mut exchange = Exchange {
+            pool: Arc::clone(self),
+            since,
+            upgrade,
+            state: State::Done,
+        };
+        // Polled with a waker that does nothing: the exchange's first poll
+        // drives the connection again with its own.
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.checkout(since, &mut cx) {
+            Some(conn) => exchange.send(conn, request, true),
+            None => exchange.state = State::Dialing(self.dial(request)),
+        }
+        exchange
+    }
+
+    /// The newest idle connection that is still open, polled once with
+    /// `cx`: a connection the upstream closed while idle ends there. `now`:
+    /// the request's start.
+    fn checkout(&self, now: Instant, cx: &mut Context<'_>) -> Option<Box<Conn>> {
+        loop {
+            let idle = self.idle.lock().ok()?.pop_back()?;
+            if now.saturating_duration_since(idle.since) >= IDLE_TIMEOUT {
+                // The newest has expired, so have all the others.
+                let expired = self.idle.lock().map(|mut i| std::mem::take(&mut *i));
+                drop(expired);
+                return None;
+            }
+            let mut conn = idle.conn;
+            if conn.drive(cx) && conn.sender.is_ready() {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Takes `conn` back if the exchange on it is over and it is ready for
+    /// another request; otherwise it is dropped, which closes it.
+    fn put_back(self: &Arc<Self>, mut conn: Box<Conn>, since: Instant) {
+        // Lets hyper finish with the response (keep-alive bookkeeping) and
+        // notice a close; nothing waits to be woken.
+        let mut cx = Context::from_waker(Waker::noop());
+        if !conn.drive(&mut cx) || !conn.sender.is_ready() {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        if idle.len() >= MAX_IDLE {
+            return;
+        }
+        idle.push_back(Idle { conn, since });
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            self.schedule_sweep();
+        }
+    }
+
+    /// Closes idle connections that expired or that the upstream closed,
+    /// every quarter of [`IDLE_TIMEOUT`] while any is idle.
+    fn schedule_sweep(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.sweeping.store(false, Ordering::Relaxed);
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(IDLE_TIMEOUT / 4);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else {
+                    return;
+                };
+                if !pool.sweep() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// One sweep; `false` when nothing is left idle (and the sweep ends).
+    fn sweep(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let Ok(mut idle) = self.idle.lock() else {
+            return false;
+        };
+        let mut closed = Vec::new();
+        let mut i = 0;
+        while i < idle.len() {
+            let entry = &mut idle[i];
+            if entry.since.elapsed() >= IDLE_TIMEOUT || !entry.conn.drive(&mut cx) {
+                closed.extend(idle.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        let left = !idle.is_empty();
+        if !left {
+            self.sweeping.store(false, Ordering::Relaxed);
+        }
+        drop(idle);
+        drop(closed);
+        left
+    }
+
+    /// A new connection (boxed: it moves between the pool and its leases,
+    /// and is large with TLS), and `request` to send on it.
+    fn dial(&self, request: Request<Incoming>) -> Dialing {
+        let connecting =
+            tower_service::Service::call(&mut self.connector.clone(), self.upstream.clone());
+        let builder = self.builder.clone();
+        Box::pin(async move {
+            let io = connecting.await.map_err(Failure::Connect)?;
+            let (sender, io) = builder
+                .handshake(io)
+                .await
+                .map_err(|e| Failure::Connect(e.into()))?;
+            Ok((Box::new(Conn { sender, io }), request))
+        })
+    }
+}
+
+/// A connection on loan to one request: back to the pool when dropped, if
+/// the exchange left it ready for another request.
+pub struct Lease {
+    conn: Option<Box<Conn>>,
+    pool: Arc<Pool>,
+    since: Instant,
+}
+
+impl Lease {
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(conn) = &mut self.conn
+            && !conn.drive(cx)
+        {
+            self.conn = None;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.put_back(conn, self.since);
+        }
+    }
+}
+
+/// A request on its way: a connection taken or dialled, the request sent,
+/// its response head awaited.
+pub struct Exchange {
+    pool: Arc<Pool>,
+    since: Instant,
+    upgrade: bool,
+    state: State,
+}
+
+enum State {
+    Dialing(Dialing),
+    Waiting {
+        lease: Lease,
+        response: Responding,
+        reused: bool,
+    },
+    Done,
+}
+
+impl Exchange {
+    fn send(&mut self, mut conn: Box<Conn>, request: Request<Incoming>, reused: bool) {
+        let response = Box::pin(conn.sender.try_send_request(request));
+        let conn = if self.upgrade {
+            // The connection ends in the upgrade (or closes): hyper hands
+            // the upgraded I/O over only from a connection driven to its
+            // end, which a task of its own does.
+            tokio::spawn(conn.io.with_upgrades());
+            None
+        } else {
+            Some(conn)
+        };
+        self.state = State::Waiting {
+            lease: Lease {
+                conn,
+                pool: Arc::clone(&self.pool),
+                since: self.since,
+            },
+            response,
+            reused,
+        };
+    }
+}
+
+impl Future for Exchange {
+    type Output = Result<(Response<Incoming>, Lease), Failure>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Dialing(dialing) => {
+                    let (conn, request) = std::task::ready!(dialing.as_mut().poll(cx))?;
+                    this.send(conn, request, false);
+                }
+                State::Waiting {
+                    lease,
+                    response,
+                    reused,
+                } => {
+                    // The connection first: it writes the request, reads the
+                    // head and hands it to `response`.
+                    lease.drive(cx);
+                    let answered = std::task::ready!(response.as_mut().poll(cx));
+                    let reused = *reused;
+                    let State::Waiting { lease, .. } =
+                        std::mem::replace(&mut this.state, State::Done)
+                    else {
+                        return Poll::Pending;
+                    };
+                    match answered {
+                        Ok(response) => return Poll::Ready(Ok((response, lease))),
+                        Err(mut e) => match e.take_message() {
+                            // Nothing was sent: the upstream closed the idle
+                            // connection as it was taken. Once more, on a
+                            // new connection.
+                            Some(request) if reused => {
+                                drop(lease);
+                                this.state = State::Dialing(this.pool.dial(request));
+                            }
+                            _ => return Poll::Ready(Err(Failure::Exchange(e.into_error()))),
+                        },
+                    }
+                }
+                State::Done => return Poll::Pending,
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response body, streamed: drives its connection while it
+    /// is read, and holds the lease until it is dropped.
+    pub struct UpstreamBody {
+        #[pin]
+        body: Incoming,
+        lease: Option<Lease>,
+    }
+}
+
+impl UpstreamBody {
+    /// `body`, with the connection it comes on (`None`: a connection of its
+    /// own, e.g. from the legacy client).
+    pub fn new(body: Incoming, lease: Option<Lease>) -> Self {
+        UpstreamBody { body, lease }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        if let Poll::Ready(frame) = this.body.as_mut().poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match this.lease {
+            // The body asked for more: the connection reads it, then the
+            // body has it.
+            Some(lease) => {
+                lease.drive(cx);
+                this.body.poll_frame(cx)
+            }
+            None => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
