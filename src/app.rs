@@ -379,8 +379,9 @@ impl App {
             return self.not_found().map(Either::Left);
         };
         let metrics = self.metrics_on.then_some(&self.metrics);
-        let response = gateway.finish(answered, &self.responses, metrics);
-        let elapsed = start.elapsed();
+        let now = Instant::now();
+        let response = gateway.finish(answered, &self.responses, metrics, now);
+        let elapsed = now.saturating_duration_since(start);
         if self.metrics_on {
             self.metrics
                 .record(self.upstream_route, response.status(), elapsed);

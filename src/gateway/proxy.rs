@@ -209,6 +209,7 @@ impl Gateway {
             request: Request::from_parts(parts, body),
             client_upgrade,
             client_h2,
+            start: hop.start,
         }
     }
 
@@ -220,8 +221,10 @@ impl Gateway {
             request,
             client_upgrade,
             client_h2,
+            start: started,
         } = prepared;
-        let started = Instant::now();
+        // The request's start stands for the send's (microseconds apart):
+        // one clock read less per request.
         let exchange = match &self.client {
             Clients::Http1(pool) => {
                 Exchange::Http1(pool.send(request, client_upgrade.is_some(), started))
@@ -229,7 +232,7 @@ impl Gateway {
             Clients::Legacy(client) => Exchange::Legacy(client.request(request)),
         };
         Sending {
-            response: tokio::time::timeout(self.timeout, exchange),
+            response: tokio::time::timeout_at((started + self.timeout).into(), exchange),
             rest: Some(Rest {
                 client_upgrade,
                 client_h2,
@@ -240,12 +243,14 @@ impl Gateway {
 
     /// The client's response for what the upstream answered: its response
     /// (headers made fit for the client, an upgrade handed through), or
-    /// tokengate's own 502/504 with no upstream detail.
+    /// tokengate's own 502/504 with no upstream detail. `now`: when it
+    /// answered.
     pub fn finish(
         &self,
         answered: Answered,
         responses: &Responses,
         metrics: Option<&Metrics>,
+        now: Instant,
     ) -> Response<ServiceBody> {
         let Answered {
             result,
@@ -266,20 +271,23 @@ impl Gateway {
                 };
                 warn!(upstream = %self.upstream.authority(), error = %e, "upstream request failed");
                 if let Some(m) = metrics {
-                    m.upstream_failed(kind, started.elapsed());
+                    m.upstream_failed(kind, now.saturating_duration_since(started));
                 }
                 return responses.bad_gateway.respond(false).map(Either::Left);
             }
             Err(_) => {
                 warn!(upstream = %self.upstream.authority(), timeout = ?self.timeout, "upstream response head timed out");
                 if let Some(m) = metrics {
-                    m.upstream_failed(UpstreamError::Timeout, started.elapsed());
+                    m.upstream_failed(
+                        UpstreamError::Timeout,
+                        now.saturating_duration_since(started),
+                    );
                 }
                 return responses.gateway_timeout.respond(false).map(Either::Left);
             }
         };
         if let Some(m) = metrics {
-            m.upstream_answered(response.status(), started.elapsed());
+            m.upstream_answered(response.status(), now.saturating_duration_since(started));
         }
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         for_client(
@@ -404,6 +412,8 @@ pub struct Prepared {
     request: Request<Incoming>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     client_h2: bool,
+    /// When tokengate started on the request.
+    start: Instant,
 }
 
 /// Gives each header value of an upstream response its own small buffer.
