@@ -18,8 +18,9 @@
 //! is taken is dropped and the next one tried; a request that a reused
 //! connection refused before sending any of it (the upstream closed it
 //! meanwhile) is sent once more on a new connection; at most
-//! [`MAX_IDLE`] connections stay idle, none longer than [`IDLE_TIMEOUT`]
-//! (a sweep closes them even when no request comes); upgrades get their
+//! [`MAX_IDLE`] connections stay idle, none longer than [`IDLE_TIMEOUT`],
+//! and a sweep every second closes those the upstream closed (or that
+//! expired) even when no request comes; upgrades get their
 //! connection driven by a task of its own until the upgrade is handed over.
 //! HTTP/2 to the upstream (`--upstream-http2`) stays on the legacy client:
 //! one connection multiplexed for many client connections needs a task of
@@ -46,6 +47,10 @@ use tokio::net::TcpStream;
 pub const MAX_IDLE: usize = 256;
 /// How long a connection stays idle before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often idle connections are looked at, while there are any: those the
+/// upstream closed are closed here too within this (nothing polls an idle
+/// connection otherwise), and those idle for [`IDLE_TIMEOUT`] are closed.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -195,7 +200,7 @@ impl Pool {
     }
 
     /// Closes idle connections that expired or that the upstream closed,
-    /// every quarter of [`IDLE_TIMEOUT`] while any is idle.
+    /// every [`SWEEP_EVERY`] while any is idle.
     fn schedule_sweep(self: &Arc<Self>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             self.sweeping.store(false, Ordering::Relaxed);
@@ -203,7 +208,7 @@ impl Pool {
         };
         let pool = Arc::downgrade(self);
         runtime.spawn(async move {
-            let mut tick = tokio::time::interval(IDLE_TIMEOUT / 4);
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
             tick.tick().await;
             loop {
                 tick.tick().await;

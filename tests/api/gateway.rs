@@ -593,6 +593,44 @@ async fn a_pooled_connection_the_upstream_closed_is_not_a_502() {
     }
 }
 
+/// An idle pooled connection that the upstream closes (its sending half,
+/// here, so that it can still see the gateway's end) is closed by the
+/// gateway too without any request coming: no socket left half-closed.
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_closed_without_a_request() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (shut_tx, shut) = tokio::sync::oneshot::channel::<()>();
+    let (eof_tx, eof) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            head.extend_from_slice(&buf[..n]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        shut.await.unwrap();
+        stream.shutdown().await.unwrap();
+        // The gateway's end: EOF (or a reset) once it closed the connection.
+        let _ = stream.read(&mut buf).await;
+        let _ = eof_tx.send(());
+    });
+    let s = gateway_at(upstream, Duration::from_secs(30)).await;
+    let r = get_with_key(s.addr, "/x").await;
+    assert_eq!(r.status, StatusCode::OK);
+    shut_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), eof)
+        .await
+        .expect("the gateway closed the connection the upstream closed")
+        .unwrap();
+}
+
 #[tokio::test]
 async fn h2c_client_in_front_of_an_http1_upstream() {
     let (s, up) = gateway(Duration::from_secs(30)).await;
