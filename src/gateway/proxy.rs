@@ -158,7 +158,9 @@ impl Gateway {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // A clone of the client's `Host` shares its bytes; only HTTP/2's
         // `:authority` is copied into a header value.
-        let host = req.headers().get(HOST).cloned().or_else(|| {
+        let sent_host = req.headers().get(HOST).cloned();
+        let has_host = sent_host.is_some();
+        let host = sent_host.or_else(|| {
             req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -185,6 +187,9 @@ impl Gateway {
             (Some(forced), _) => {
                 parts.headers.insert(HOST, forced.clone());
             }
+            // The client's `Host` is still there (the hygiene never strips
+            // it): nothing to do.
+            (None, Some(_)) if has_host => {}
             (None, Some(host)) => {
                 parts.headers.insert(HOST, host);
             }
