@@ -543,6 +543,23 @@ async fn upstream_connections_are_kept_alive_and_shared() {
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
 }
 
+/// A raw upstream's answer to one request: reads its head, writes `200 ok`
+/// (keep-alive: nothing says otherwise). `false` if the peer went first.
+async fn answer_ok(stream: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        .await
+        .is_ok()
+}
+
 /// An upstream that answers one request per connection, keeps the
 /// connection open (it says nothing of closing it) until the response is
 /// through the gateway, then closes it while it sits in the gateway's pool:
@@ -560,17 +577,9 @@ async fn a_pooled_connection_the_upstream_closed_is_not_a_502() {
         while let Ok((mut stream, _)) = listener.accept().await {
             let close_rx = close_rx.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !answer_ok(&mut stream).await {
+                    return;
                 }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
                 let done = close_rx.lock().await.recv().await;
                 drop(stream);
                 if let Some(done) = done {
@@ -604,21 +613,11 @@ async fn an_idle_connection_the_upstream_closed_is_closed_without_a_request() {
     let (eof_tx, eof) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = stream.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            head.extend_from_slice(&buf[..n]);
-        }
-        stream
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            .await
-            .unwrap();
+        assert!(answer_ok(&mut stream).await);
         shut.await.unwrap();
         stream.shutdown().await.unwrap();
         // The gateway's end: EOF (or a reset) once it closed the connection.
-        let _ = stream.read(&mut buf).await;
+        let _ = stream.read(&mut [0u8; 64]).await;
         let _ = eof_tx.send(());
     });
     let s = gateway_at(upstream, Duration::from_secs(30)).await;
