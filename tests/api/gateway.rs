@@ -108,6 +108,22 @@ impl Upstream_ {
         let headers = req.headers().clone();
         let upgrade = hyper::upgrade::on(&mut req);
         let path = req.uri().path().to_owned();
+        if path == "/echo" {
+            // Answers at once, then sends back each chunk of the request
+            // body as it arrives: both bodies in flight at the same time.
+            let (tx, rx) = mpsc::channel(1);
+            let mut body = req.into_body();
+            tokio::spawn(async move {
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Ok(data) = frame.into_data()
+                        && tx.send(Ok(data)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            return Response::new(ChannelBody(rx));
+        }
         // Read the whole request body, counting (never keeping) its bytes.
         let mut body_len = 0;
         let mut body = req.into_body();
@@ -370,6 +386,63 @@ async fn bodies_stream_both_ways() {
     let resp = get_with_key(s.addr, "/download").await;
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(resp.body.len(), 16 * 1024 * 1024);
+}
+
+/// Both bodies at once: the upstream answers before the request body is
+/// over and echoes each chunk as it comes; the client (HTTP/1.1, then h2c)
+/// sends the next chunk only once the previous one came back through the
+/// gateway.
+#[tokio::test]
+async fn request_and_response_bodies_stream_at_the_same_time() {
+    type Sent =
+        Pin<Box<dyn std::future::Future<Output = hyper::Result<Response<Incoming>>> + Send>>;
+    let (s, _up) = gateway(Duration::from_secs(30)).await;
+    for h2 in [false, true] {
+        let io = TokioIo::new(TcpStream::connect(s.addr).await.unwrap());
+        let (tx, rx) = mpsc::channel(1);
+        let req = Request::post(format!("http://{}/echo", s.addr))
+            .header("x-token", "full-access-key-1")
+            .body(ChannelBody(rx))
+            .unwrap();
+        let sent: Sent = if h2 {
+            let (mut send_req, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            Box::pin(send_req.send_request(req))
+        } else {
+            let (mut send_req, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            let (mut parts, body) = req.into_parts();
+            parts.uri = "/echo".parse().unwrap();
+            parts.headers.insert("host", "t".parse().unwrap());
+            Box::pin(send_req.send_request(Request::from_parts(parts, body)))
+        };
+        let exchange = async move {
+            let resp = sent.await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let mut body = resp.into_body();
+            for chunk in ["one", "two", "three"] {
+                tx.send(Ok(Bytes::from_static(chunk.as_bytes())))
+                    .await
+                    .unwrap();
+                let mut got = Vec::new();
+                while got.len() < chunk.len() {
+                    let frame = body.frame().await.expect("more of the echo").unwrap();
+                    got.extend_from_slice(&frame.into_data().unwrap());
+                }
+                assert_eq!(got, chunk.as_bytes());
+            }
+            drop(tx);
+            while let Some(frame) = body.frame().await {
+                assert!(frame.unwrap().data_ref().is_none_or(|d| d.is_empty()));
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .unwrap_or_else(|_| panic!("h2 {h2}: each chunk came back before the next was sent"));
+    }
 }
 
 #[tokio::test]
