@@ -1,7 +1,9 @@
 //! One keep-alive HTTP/1.1 request and one h2c request through a real server
 //! on loopback: tokengate and the floor (a bare hyper `service_fn` returning
 //! the same static JSON body for every request) in the same criterion group,
-//! so their ratio comes from one run.
+//! so their ratio comes from one run. `roundtrip/gateway`: one keep-alive
+//! HTTP/1.1 request through a proxy to the floor — tokengate `--upstream`
+//! (key checked) and the bare hyper-util proxy (`common/bare_proxy.rs`).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
@@ -20,9 +22,13 @@ use tokio::runtime::Runtime;
 #[path = "common/floor.rs"]
 mod floor;
 
+#[path = "common/bare_proxy.rs"]
+mod bare_proxy;
+
 const BODY: &[u8] = br#"{"message":"You have access to the protected route!"}"#;
 
-async fn tokengate_server(listener: TcpListener) {
+/// tokengate on `listener`: standalone, or in front of `upstream`.
+async fn tokengate_server(listener: TcpListener, upstream: Option<SocketAddr>) {
     let mut keys = KeySet::new();
     keys.insert(Key::new(
         Digest::of(b"mysecrettoken"),
@@ -30,7 +36,19 @@ async fn tokengate_server(listener: TcpListener) {
         KeySource::Demo,
     ))
     .unwrap();
-    let app = Arc::new(App::new(keys, &AppConfig::default()));
+    let config = AppConfig {
+        gateway: upstream.map(|up| tokengate::gateway::GatewayConfig {
+            upstream: tokengate::gateway::upstream::Upstream::parse(&format!("http://{up}"))
+                .unwrap(),
+            upstream_host: None,
+            timeout: std::time::Duration::from_secs(30),
+            ca: Vec::new(),
+            http2: false,
+            public: Vec::new(),
+        }),
+        ..AppConfig::default()
+    };
+    let app = Arc::new(App::new(keys, &config));
     tokengate::serve(listener, app, Limits::default(), std::future::pending()).await;
 }
 
@@ -83,7 +101,7 @@ fn roundtrip(c: &mut Criterion) {
         let t = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addrs = (f.local_addr().unwrap(), t.local_addr().unwrap());
         tokio::spawn(floor::floor(f, BODY));
-        tokio::spawn(tokengate_server(t));
+        tokio::spawn(tokengate_server(t, None));
         addrs
     });
     for (proto, h2) in [("h1", false), ("h2c", true)] {
@@ -96,6 +114,22 @@ fn roundtrip(c: &mut Criterion) {
         }
         group.finish();
     }
+    let (proxy_addr, gateway_addr) = rt.block_on(async {
+        let p = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let g = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addrs = (p.local_addr().unwrap(), g.local_addr().unwrap());
+        tokio::spawn(bare_proxy::bare_proxy(p, floor_addr));
+        tokio::spawn(tokengate_server(g, Some(floor_addr)));
+        addrs
+    });
+    let mut group = c.benchmark_group("roundtrip/gateway");
+    for (name, addr) in [("bare-proxy", proxy_addr), ("tokengate", gateway_addr)] {
+        let mut client = rt.block_on(Client::connect(addr, false));
+        group.bench_function(name, |b| {
+            b.iter(|| rt.block_on(client.get(addr)));
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(benches, roundtrip);
