@@ -95,6 +95,8 @@ impl Conn {
 
 struct Idle {
     conn: Box<Conn>,
+    /// When it went back to the pool (read under the pool's lock: the
+    /// deque is in this order, newest at the back).
     since: Instant,
 }
 
@@ -130,54 +132,50 @@ impl Pool {
         }
     }
 
-    /// Idle connections now in the pool.
-    pub fn idle(&self) -> usize {
-        self.idle.lock().map_or(0, |idle| idle.len())
-    }
-
     /// Sends `request` upstream on an idle connection, or on a new one once
     /// it is dialled: the returned future yields the response head and the
-    /// connection it came on (for the body to drive). `since` is the
-    /// request's start, the idle clock's start for its connection (a few
-    /// microseconds early; saves reading the clock again).
+    /// connection it came on (for the body to drive). `now`: the request's
+    /// start.
     pub fn send(
         self: &Arc<Self>,
         request: Request<Incoming>,
         upgrade: bool,
-        since: Instant,
+        now: Instant,
     ) -> Exchange {
         let mut exchange = Exchange {
             pool: Arc::clone(self),
-            since,
             upgrade,
             state: State::Done,
         };
-        match self.checkout(since) {
+        match self.checkout(now) {
             Some(conn) => exchange.send(conn, request, true),
             None => exchange.state = State::Dialing(self.dial(request)),
         }
         exchange
     }
 
-    /// The newest idle connection, unless it has been idle too long. `now`:
-    /// the request's start.
+    /// The newest idle connection, unless it has been idle too long.
     fn checkout(&self, now: Instant) -> Option<Box<Conn>> {
-        let idle = self.idle.lock().ok()?.pop_back()?;
-        if now.saturating_duration_since(idle.since) >= IDLE_TIMEOUT {
-            // The newest has expired, so have all the others.
-            let expired = self.idle.lock().map(|mut i| std::mem::take(&mut *i));
+        let mut idle = self.idle.lock().ok()?;
+        let newest = idle.pop_back()?;
+        if now.saturating_duration_since(newest.since) >= IDLE_TIMEOUT {
+            // The newest has expired, so have all the others (closed once
+            // the lock is released).
+            let expired = std::mem::take(&mut *idle);
+            drop(idle);
             drop(expired);
             return None;
         }
+        drop(idle);
         // Not polled here: if the upstream closed it while it was idle, its
         // first poll reads the end of the stream before it writes anything,
         // and hands the request back to be sent on a new connection.
-        Some(idle.conn)
+        Some(newest.conn)
     }
 
     /// Takes `conn` back if the exchange on it is over and it is ready for
     /// another request; otherwise it is dropped, which closes it.
-    fn put_back(self: &Arc<Self>, mut conn: Box<Conn>, since: Instant) {
+    fn put_back(self: &Arc<Self>, mut conn: Box<Conn>) {
         // Lets hyper finish with the response (keep-alive bookkeeping) and
         // notice a close. The waker does nothing, and is left registered
         // with the socket instead of the task that used the connection last:
@@ -193,7 +191,10 @@ impl Pool {
         if idle.len() >= MAX_IDLE {
             return;
         }
-        idle.push_back(Idle { conn, since });
+        idle.push_back(Idle {
+            conn,
+            since: Instant::now(),
+        });
         if !self.sweeping.swap(true, Ordering::Relaxed) {
             self.schedule_sweep();
         }
@@ -228,11 +229,14 @@ impl Pool {
         let Ok(mut idle) = self.idle.lock() else {
             return false;
         };
+        let now = Instant::now();
         let mut closed = Vec::new();
         let mut i = 0;
         while i < idle.len() {
             let entry = &mut idle[i];
-            if entry.since.elapsed() >= IDLE_TIMEOUT || !entry.conn.drive(&mut cx) {
+            if now.saturating_duration_since(entry.since) >= IDLE_TIMEOUT
+                || !entry.conn.drive(&mut cx)
+            {
                 closed.extend(idle.remove(i));
             } else {
                 i += 1;
@@ -250,17 +254,22 @@ impl Pool {
     /// A new connection (boxed: it moves between the pool and its leases,
     /// and is large with TLS), and `request` to send on it.
     fn dial(&self, request: Request<Incoming>) -> Dialing {
+        let connecting = self.connect();
+        Box::pin(async move { Ok((connecting.await?, request)) })
+    }
+
+    fn connect(&self) -> impl Future<Output = Result<Box<Conn>, Failure>> + Send + 'static {
         let connecting =
             tower_service::Service::call(&mut self.connector.clone(), self.upstream.clone());
         let builder = self.builder.clone();
-        Box::pin(async move {
+        async move {
             let io = connecting.await.map_err(Failure::Connect)?;
             let (sender, io) = builder
                 .handshake(io)
                 .await
                 .map_err(|e| Failure::Connect(e.into()))?;
-            Ok((Box::new(Conn { sender, io }), request))
-        })
+            Ok(Box::new(Conn { sender, io }))
+        }
     }
 }
 
@@ -269,7 +278,6 @@ impl Pool {
 pub struct Lease {
     conn: Option<Box<Conn>>,
     pool: Arc<Pool>,
-    since: Instant,
 }
 
 impl Lease {
@@ -285,7 +293,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.pool.put_back(conn, self.since);
+            self.pool.put_back(conn);
         }
     }
 }
@@ -294,7 +302,6 @@ impl Drop for Lease {
 /// its response head awaited.
 pub struct Exchange {
     pool: Arc<Pool>,
-    since: Instant,
     upgrade: bool,
     state: State,
 }
@@ -325,7 +332,6 @@ impl Exchange {
             lease: Lease {
                 conn,
                 pool: Arc::clone(&self.pool),
-                since: self.since,
             },
             response,
             reused,
@@ -426,5 +432,79 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn pool_for(addr: std::net::SocketAddr) -> Arc<Pool> {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        Arc::new(Pool::new(
+            connector,
+            format!("http://{addr}/").parse().unwrap(),
+        ))
+    }
+
+    fn idle_count(pool: &Pool) -> usize {
+        pool.idle.lock().unwrap().len()
+    }
+
+    /// Idle time is counted from when a connection went back to the pool
+    /// (not from when its last request started, which for a long response
+    /// would make a fresh connection look expired): the newest is taken
+    /// first; once the newest has been idle for `IDLE_TIMEOUT`, taking one
+    /// closes them all; a sweep closes each one that expired.
+    #[tokio::test]
+    async fn idle_connections_expire_by_their_own_idle_time() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = tokio::spawn(async move {
+            let mut open = Vec::new();
+            for _ in 0..3 {
+                open.push(listener.accept().await.unwrap().0);
+            }
+            open
+        });
+        let pool = pool_for(addr);
+        let mut conns = Vec::new();
+        for _ in 0..3 {
+            conns.push(pool.connect().await.unwrap());
+        }
+        let _open = accepted.await.unwrap();
+        let ids: Vec<*const Conn> = conns.iter().map(|c| &raw const **c).collect();
+        for conn in conns {
+            pool.put_back(conn);
+        }
+        assert_eq!(idle_count(&pool), 3);
+
+        let now = Instant::now();
+        // The first one back has been idle past the limit, the others not.
+        pool.idle.lock().unwrap()[0].since = now.checked_sub(IDLE_TIMEOUT).unwrap();
+        let newest = pool.checkout(now).unwrap();
+        assert_eq!(&raw const *newest, ids[2]);
+        pool.put_back(newest);
+        assert!(pool.sweep());
+        assert_eq!(idle_count(&pool), 2, "the sweep closed the expired one");
+
+        // The newest past the limit: every idle connection goes.
+        let later = Instant::now() + IDLE_TIMEOUT;
+        assert!(pool.checkout(later).is_none());
+        assert_eq!(idle_count(&pool), 0);
     }
 }
