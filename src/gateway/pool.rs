@@ -14,10 +14,11 @@
 //! while the body streams, and the connection goes back to the pool when the
 //! body is dropped, if the exchange left it ready for another request.
 //!
-//! What a pooled client owes besides, kept: a connection found closed when it
-//! is taken is dropped and the next one tried; a request that a reused
+//! What a pooled client owes besides, kept: a request that a reused
 //! connection refused before sending any of it (the upstream closed it
-//! meanwhile) is sent once more on a new connection; at most
+//! meanwhile) is sent once more on a new connection, and so is an
+//! idempotent request without a body that a connection idle for a while
+//! ([`RESEND_IF_IDLE`]) took and then closed unanswered; at most
 //! [`MAX_IDLE`] connections stay idle, none longer than [`IDLE_TIMEOUT`],
 //! and a sweep every second closes those the upstream closed (or that
 //! expired) even when no request comes; upgrades get their
@@ -42,6 +43,7 @@ use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tracing::debug;
 
 /// Idle connections kept at most (hyper-util's client was given the same).
 pub const MAX_IDLE: usize = 256;
@@ -54,11 +56,19 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Dialing =
-    Pin<Box<dyn Future<Output = Result<(Box<Conn>, Request<Incoming>), Failure>> + Send>>;
-type Responding = Pin<
-    Box<dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<Incoming>>>> + Send>,
->;
+/// What goes upstream as a request body: the client's, or nothing (a
+/// request sent again from its copied head).
+type UpBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
+type Dialing = Pin<Box<dyn Future<Output = Result<(Box<Conn>, Request<UpBody>), Failure>> + Send>>;
+type Responding =
+    Pin<Box<dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<UpBody>>>> + Send>>;
+
+/// A reused connection idle at least this long may have been closed by the
+/// upstream's own keep-alive timeout just as a request goes out on it: an
+/// idempotent request without a body sent on one keeps a copy of its head,
+/// to be sent again on a new connection if no response comes. Connections
+/// reused sooner (a busy gateway's) skip the copy.
+const RESEND_IF_IDLE: Duration = Duration::from_millis(250);
 
 /// Why the upstream gave no response.
 #[derive(Debug)]
@@ -81,8 +91,8 @@ impl std::fmt::Display for Failure {
 /// One upstream connection: the handle requests go through, and the future
 /// that does its I/O.
 struct Conn {
-    sender: SendRequest<Incoming>,
-    io: Connection<Io, Incoming>,
+    sender: SendRequest<UpBody>,
+    io: Connection<Io, UpBody>,
 }
 
 impl Conn {
@@ -147,18 +157,21 @@ impl Pool {
             upgrade,
             state: State::Done,
         };
+        let request = request.map(http_body_util::Either::Left);
         match self.checkout(now) {
-            Some(conn) => exchange.send(conn, request, true),
+            Some((conn, idle_for)) => exchange.send(conn, request, Some(idle_for)),
             None => exchange.state = State::Dialing(self.dial(request)),
         }
         exchange
     }
 
-    /// The newest idle connection, unless it has been idle too long.
-    fn checkout(&self, now: Instant) -> Option<Box<Conn>> {
+    /// The newest idle connection, unless it has been idle too long, and
+    /// how long it was idle.
+    fn checkout(&self, now: Instant) -> Option<(Box<Conn>, Duration)> {
         let mut idle = self.idle.lock().ok()?;
         let newest = idle.pop_back()?;
-        if now.saturating_duration_since(newest.since) >= IDLE_TIMEOUT {
+        let idle_for = now.saturating_duration_since(newest.since);
+        if idle_for >= IDLE_TIMEOUT {
             // The newest has expired, so have all the others (closed once
             // the lock is released).
             let expired = std::mem::take(&mut *idle);
@@ -170,7 +183,7 @@ impl Pool {
         // Not polled here: if the upstream closed it while it was idle, its
         // first poll reads the end of the stream before it writes anything,
         // and hands the request back to be sent on a new connection.
-        Some(newest.conn)
+        Some((newest.conn, idle_for))
     }
 
     /// Takes `conn` back if the exchange on it is over and it is ready for
@@ -253,7 +266,7 @@ impl Pool {
 
     /// A new connection (boxed: it moves between the pool and its leases,
     /// and is large with TLS), and `request` to send on it.
-    fn dial(&self, request: Request<Incoming>) -> Dialing {
+    fn dial(&self, request: Request<UpBody>) -> Dialing {
         let connecting = self.connect();
         Box::pin(async move { Ok((connecting.await?, request)) })
     }
@@ -312,12 +325,20 @@ enum State {
         lease: Lease,
         response: Responding,
         reused: bool,
+        /// The head to send again (see [`RESEND_IF_IDLE`]).
+        resend: Option<Box<Request<()>>>,
     },
     Done,
 }
 
 impl Exchange {
-    fn send(&mut self, mut conn: Box<Conn>, request: Request<Incoming>, reused: bool) {
+    /// Sends `request` on `conn`; `idle_for`: how long it was idle, for a
+    /// connection from the pool.
+    fn send(&mut self, mut conn: Box<Conn>, request: Request<UpBody>, idle_for: Option<Duration>) {
+        let resend = idle_for
+            .is_some_and(|idle| idle >= RESEND_IF_IDLE)
+            .then(|| head_to_resend(&request, self.upgrade))
+            .flatten();
         let response = Box::pin(conn.sender.try_send_request(request));
         let conn = if self.upgrade {
             // The connection ends in the upgrade (or closes): hyper hands
@@ -334,9 +355,29 @@ impl Exchange {
                 pool: Arc::clone(&self.pool),
             },
             response,
-            reused,
+            reused: idle_for.is_some(),
+            resend,
         };
     }
+}
+
+/// A copy of `request`'s head if it may be sent again: an idempotent
+/// method (RFC 9110 §9.2.2), no body, not an upgrade.
+fn head_to_resend(request: &Request<UpBody>, upgrade: bool) -> Option<Box<Request<()>>> {
+    use http::Method;
+    let idempotent = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if upgrade || !idempotent || !request.body().is_end_stream() {
+        return None;
+    }
+    let mut head = Request::new(());
+    *head.method_mut() = request.method().clone();
+    *head.uri_mut() = request.uri().clone();
+    *head.version_mut() = request.version();
+    *head.headers_mut() = request.headers().clone();
+    Some(Box::new(head))
 }
 
 impl Future for Exchange {
@@ -348,35 +389,51 @@ impl Future for Exchange {
             match &mut this.state {
                 State::Dialing(dialing) => {
                     let (conn, request) = std::task::ready!(dialing.as_mut().poll(cx))?;
-                    this.send(conn, request, false);
+                    this.send(conn, request, None);
                 }
                 State::Waiting {
                     lease,
                     response,
                     reused,
+                    ..
                 } => {
                     // The connection first: it writes the request, reads the
                     // head and hands it to `response`.
                     lease.drive(cx);
                     let answered = std::task::ready!(response.as_mut().poll(cx));
                     let reused = *reused;
-                    let State::Waiting { lease, .. } =
+                    let State::Waiting { lease, resend, .. } =
                         std::mem::replace(&mut this.state, State::Done)
                     else {
                         return Poll::Pending;
                     };
                     match answered {
                         Ok(response) => return Poll::Ready(Ok((response, lease))),
-                        Err(mut e) => match e.take_message() {
-                            // Nothing was sent: the upstream closed the idle
-                            // connection as it was taken. Once more, on a
-                            // new connection.
-                            Some(request) if reused => {
-                                drop(lease);
-                                this.state = State::Dialing(this.pool.dial(request));
+                        Err(mut e) => {
+                            drop(lease);
+                            match (e.take_message(), resend) {
+                                // Nothing was sent: the upstream closed the
+                                // idle connection as it was taken. Once more,
+                                // on a new connection.
+                                (Some(request), _) if reused => {
+                                    this.state = State::Dialing(this.pool.dial(request));
+                                }
+                                // Sent, and no response: the upstream closed
+                                // the long-idle connection as the request
+                                // arrived. An idempotent one without a body
+                                // goes once more, on a new connection.
+                                (None, Some(head)) => {
+                                    debug!(error = %e.error(), "resending on a new connection");
+                                    let request = head.map(|()| {
+                                        http_body_util::Either::Right(http_body_util::Empty::new())
+                                    });
+                                    this.state = State::Dialing(this.pool.dial(request));
+                                }
+                                _ => {
+                                    return Poll::Ready(Err(Failure::Exchange(e.into_error())));
+                                }
                             }
-                            _ => return Poll::Ready(Err(Failure::Exchange(e.into_error()))),
-                        },
+                        }
                     }
                 }
                 State::Done => return Poll::Pending,
@@ -496,7 +553,7 @@ mod tests {
         let now = Instant::now();
         // The first one back has been idle past the limit, the others not.
         pool.idle.lock().unwrap()[0].since = now.checked_sub(IDLE_TIMEOUT).unwrap();
-        let newest = pool.checkout(now).unwrap();
+        let (newest, _) = pool.checkout(now).unwrap();
         assert_eq!(&raw const *newest, ids[2]);
         pool.put_back(newest);
         assert!(pool.sweep());

@@ -675,6 +675,54 @@ async fn a_pooled_connection_the_upstream_closed_is_not_a_502() {
     }
 }
 
+/// The keep-alive race: the upstream closes a connection that sat idle just
+/// as a request arrives on it (here: every connection answers one request
+/// and closes when the next one comes in). An idempotent request without a
+/// body is sent again on a new connection; a POST is not (it may have been
+/// acted on): 502.
+#[tokio::test]
+async fn an_idempotent_request_the_upstream_dropped_unanswered_is_sent_again() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if answer_ok(&mut stream).await {
+                    // The next request's first bytes, then the close.
+                    let _ = stream.read(&mut [0u8; 1024]).await;
+                }
+            });
+        }
+    });
+    let s = gateway_at(upstream, Duration::from_secs(30)).await;
+    let r = get_with_key(s.addr, "/x").await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Not a synchronisation: the pooled connection must have been idle for
+    // a while (`RESEND_IF_IDLE`, 250 ms) for the gateway to keep a copy.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = get_with_key(s.addr, "/x").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = send(
+        Proto::H1,
+        s.addr,
+        Method::POST,
+        "/x",
+        &[("x-token", "full-access-key-1")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "a POST is not sent again"
+    );
+}
+
 /// An idle pooled connection that the upstream closes (its sending half,
 /// here, so that it can still see the gateway's end) is closed by the
 /// gateway too without any request coming: no socket left half-closed.
