@@ -68,7 +68,7 @@ type Responding =
 /// idempotent request without a body sent on one keeps a copy of its head,
 /// to be sent again on a new connection if no response comes. Connections
 /// reused sooner (a busy gateway's) skip the copy.
-const RESEND_IF_IDLE: Duration = Duration::from_millis(250);
+pub const RESEND_IF_IDLE: Duration = Duration::from_millis(250);
 
 /// Why the upstream gave no response.
 #[derive(Debug)]
