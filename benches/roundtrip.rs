@@ -45,6 +45,7 @@ async fn tokengate_server(listener: TcpListener, upstream: Option<SocketAddr>) {
             ca: Vec::new(),
             http2: false,
             public: Vec::new(),
+            resend_if_idle: tokengate::gateway::pool::RESEND_IF_IDLE,
         }),
         ..AppConfig::default()
     };

@@ -128,6 +128,7 @@ fn the_gateway_allocates_about_what_a_bare_proxy_does() {
                 ca: Vec::new(),
                 http2: false,
                 public: Vec::new(),
+                resend_if_idle: tokengate::gateway::pool::RESEND_IF_IDLE,
             }),
             ..AppConfig::default()
         };

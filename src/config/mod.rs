@@ -116,6 +116,7 @@ fn gateway(args: &Args) -> Result<Option<GatewayConfig>, ConfigError> {
         ca,
         http2: args.upstream_http2,
         public,
+        resend_if_idle: crate::gateway::pool::RESEND_IF_IDLE,
     }))
 }
 

@@ -49,6 +49,11 @@ pub struct GatewayConfig {
     pub http2: bool,
     /// `--public [METHODS:]PATTERN`: paths passed on without a key.
     pub public: Vec<Scope>,
+    /// How long a pooled HTTP/1.1 connection must have been idle for an
+    /// idempotent request without a body sent on it to keep a copy of its
+    /// head, to be sent again if the upstream closes it unanswered
+    /// ([`pool::RESEND_IF_IDLE`]; no flag: tests set it).
+    pub resend_if_idle: std::time::Duration,
 }
 
 /// Why `--upstream-ca` cannot be used.

@@ -119,6 +119,8 @@ pub struct Pool {
     /// Scheme, host and port the connector dials.
     upstream: Uri,
     builder: Builder,
+    /// See [`RESEND_IF_IDLE`].
+    resend_if_idle: Duration,
 }
 
 impl std::fmt::Debug for Pool {
@@ -132,13 +134,18 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// An empty pool for connections to `upstream` (scheme, host, port)
     /// made by `connector`.
-    pub fn new(connector: HttpsConnector<HttpConnector>, upstream: Uri) -> Self {
+    pub fn new(
+        connector: HttpsConnector<HttpConnector>,
+        upstream: Uri,
+        resend_if_idle: Duration,
+    ) -> Self {
         Pool {
             idle: Mutex::default(),
             sweeping: AtomicBool::new(false),
             connector,
             upstream,
             builder: Builder::new(),
+            resend_if_idle,
         }
     }
 
@@ -336,7 +343,7 @@ impl Exchange {
     /// connection from the pool.
     fn send(&mut self, mut conn: Box<Conn>, request: Request<UpBody>, idle_for: Option<Duration>) {
         let resend = idle_for
-            .is_some_and(|idle| idle >= RESEND_IF_IDLE)
+            .is_some_and(|idle| idle >= self.pool.resend_if_idle)
             .then(|| head_to_resend(&request, self.upgrade))
             .flatten();
         let response = Box::pin(conn.sender.try_send_request(request));
@@ -515,6 +522,7 @@ mod tests {
         Arc::new(Pool::new(
             connector,
             format!("http://{addr}/").parse().unwrap(),
+            RESEND_IF_IDLE,
         ))
     }
 

@@ -121,6 +121,7 @@ impl Gateway {
             Clients::Http1(Arc::new(Pool::new(
                 connector.wrap_connector(tcp),
                 config.upstream.base_uri(),
+                config.resend_if_idle,
             )))
         };
         Gateway {

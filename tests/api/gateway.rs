@@ -241,6 +241,7 @@ fn gateway_config(upstream: SocketAddr, timeout: Duration) -> AppConfig {
             ca: Vec::new(),
             http2: false,
             public: vec![parse_public("GET:/docs/*").unwrap()],
+            resend_if_idle: tokengate::gateway::pool::RESEND_IF_IDLE,
         }),
         ..AppConfig::default()
     }
@@ -697,16 +698,18 @@ async fn an_idempotent_request_the_upstream_dropped_unanswered_is_sent_again() {
             });
         }
     });
-    let s = gateway_at(upstream, Duration::from_secs(30)).await;
+    // Every reused connection counts as long idle here (the default is
+    // `RESEND_IF_IDLE`, 250 ms): no waiting for time to pass.
+    let mut config = gateway_config(upstream, Duration::from_secs(30));
+    if let Some(gateway) = config.gateway.as_mut() {
+        gateway.resend_if_idle = Duration::ZERO;
+    }
+    let s = TestServer::with(keys_from(KEYS), config, Limits::default()).await;
     let r = get_with_key(s.addr, "/x").await;
     assert_eq!(r.status, StatusCode::OK);
-    // Not a synchronisation: the pooled connection must have been idle for
-    // a while (`RESEND_IF_IDLE`, 250 ms) for the gateway to keep a copy.
-    tokio::time::sleep(Duration::from_millis(400)).await;
     let r = get_with_key(s.addr, "/x").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(connections.load(Ordering::SeqCst), 2);
-    tokio::time::sleep(Duration::from_millis(400)).await;
     let r = send(
         Proto::H1,
         s.addr,
@@ -883,6 +886,7 @@ async fn https_upstream_with_a_private_ca() {
                 ca: vec![der.clone()],
                 http2,
                 public: Vec::new(),
+                resend_if_idle: tokengate::gateway::pool::RESEND_IF_IDLE,
             }),
             ..AppConfig::default()
         };
@@ -900,6 +904,7 @@ async fn https_upstream_with_a_private_ca() {
                 ca: Vec::new(),
                 http2,
                 public: Vec::new(),
+                resend_if_idle: tokengate::gateway::pool::RESEND_IF_IDLE,
             }),
             ..AppConfig::default()
         };
