@@ -353,10 +353,11 @@ where
                     polls += 1;
                 }
                 // Always ends the turn, so that wakes reach the task again.
-                if turn.end() && polled.is_pending() {
-                    // Woken after the last poll (by what the last streams
-                    // queued, or by a budget that ran out): run again, after
-                    // the other tasks.
+                // Woken after the last poll (by what the last streams queued,
+                // or by a budget that ran out), or handed streams by it that
+                // have not run (nothing else would wake the task for them):
+                // run again, after the other tasks.
+                if (turn.end() || streams.has_fresh()) && polled.is_pending() {
                     cx.waker().wake_by_ref();
                 }
                 polled
@@ -459,6 +460,72 @@ mod size_tests {
         assert!(
             ours <= bare + 640,
             "connection task grew to {ours} bytes (bare: {bare})"
+        );
+    }
+}
+
+#[cfg(test)]
+mod drive_tests {
+    use super::*;
+    use hyper::rt::Executor;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::task::{Context, Wake, Waker};
+
+    /// An HTTP/2 connection that hands one stream over at every poll (a new
+    /// request read each time) and never ends.
+    struct Handing {
+        ran: Arc<AtomicUsize>,
+    }
+
+    impl Future for Handing {
+        type Output = Result<(), Infallible>;
+
+        fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let ran = self.ran.clone();
+            StreamExecutor { local: true }.execute(async move {
+                ran.fetch_add(1, SeqCst);
+            });
+            Poll::Pending
+        }
+    }
+
+    impl Shutdown for Handing {
+        fn shutdown(self: Pin<&mut Self>) {}
+    }
+
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+
+    #[test]
+    fn streams_handed_over_by_a_turns_last_poll_get_another_turn() {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let activity = Activity::default();
+        activity.h2.store(true, Relaxed);
+        let conn = Handing { ran: ran.clone() };
+        tokio::pin!(conn);
+        let driving = drive(conn.as_mut(), &activity, true);
+        tokio::pin!(driving);
+        let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+
+        assert!(driving.as_mut().poll(&mut cx).is_pending());
+        // A turn polls the connection three times: the streams of the first
+        // two ran, the third's is still waiting, and only another turn runs
+        // it: the task must have been woken for it.
+        assert_eq!(ran.load(SeqCst), 2);
+        assert_eq!(task.0.load(SeqCst), 1, "the task was not woken");
+
+        assert!(driving.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(
+            ran.load(SeqCst),
+            5,
+            "the waiting stream ran in the next turn"
         );
     }
 }

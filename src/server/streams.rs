@@ -56,48 +56,71 @@ where
 }
 
 /// The streams of one connection, run by its task.
+///
+/// A stream is polled first straight from the list hyper handed it over in;
+/// on standalone listeners nearly every stream ends there (its answer is
+/// prebuilt and the client's window has room), so it never costs a place in
+/// the [`FuturesUnordered`] (an allocation and its wake-up bookkeeping per
+/// stream). Only a stream that has to wait (for flow-control window) goes
+/// there, to be woken on its own.
 #[derive(Default)]
 pub(super) struct Streams {
-    /// Made at the first stream handed over (its queue costs two
-    /// allocations, which an HTTP/1 connection never pays).
-    running: Option<FuturesUnordered<StreamFuture>>,
+    /// Handed over by the connection's polls, not polled yet. The vector is
+    /// lent to the task-local list during each poll of the connection and
+    /// taken back after, so its buffer is allocated once per connection.
+    fresh: Vec<StreamFuture>,
+    /// Streams that did not end at their first poll. Made at the first such
+    /// stream (its queue costs two allocations).
+    waiting: Option<FuturesUnordered<StreamFuture>>,
 }
 
 impl Streams {
     /// Polls `conn` with a place for the streams hyper hands over during the
-    /// poll, and takes them. Only HTTP/2 connections of standalone listeners
+    /// poll, and keeps them. Only HTTP/2 connections of standalone listeners
     /// come here: an HTTP/1 connection pays nothing for this.
     pub(super) fn poll_conn<T>(&mut self, conn: impl FnOnce() -> Poll<T>) -> Poll<T> {
-        HANDED.sync_scope(RefCell::new(Vec::new()), || {
+        let lent = RefCell::new(std::mem::take(&mut self.fresh));
+        HANDED.sync_scope(lent, || {
             let polled = conn();
-            HANDED.with(|handed| {
-                let mut handed = handed.borrow_mut();
-                if !handed.is_empty() {
-                    let running = self.running.get_or_insert_with(FuturesUnordered::new);
-                    for stream in handed.drain(..) {
-                        running.push(stream);
-                    }
-                }
-            });
+            self.fresh = HANDED.with(|handed| std::mem::take(&mut *handed.borrow_mut()));
             polled
         })
     }
 
-    /// Polls every stream that can make progress. Returns whether any is
-    /// still there or ran to its end: its frames are then queued on the
-    /// connection, which should be polled again.
+    /// Polls the streams handed over since the last call, then every waiting
+    /// stream that was woken. Returns whether there was any stream to poll:
+    /// what they queued is then on the connection, which should be polled
+    /// again.
     pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(running) = self.running.as_mut().filter(|r| !r.is_empty()) else {
-            return false;
-        };
-        while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {}
-        true
+        let mut any = false;
+        if !self.fresh.is_empty() {
+            any = true;
+            for mut stream in self.fresh.drain(..) {
+                if stream.as_mut().poll(cx).is_pending() {
+                    // Polled again by the queue below (a new entry is ready
+                    // to run), which registers the stream's own waker.
+                    self.waiting
+                        .get_or_insert_with(FuturesUnordered::new)
+                        .push(stream);
+                }
+            }
+        }
+        if let Some(waiting) = self.waiting.as_mut().filter(|w| !w.is_empty()) {
+            any = true;
+            while let Poll::Ready(Some(())) = waiting.poll_next_unpin(cx) {}
+        }
+        any
+    }
+
+    /// Whether streams were handed over that [`Streams::poll`] has not run yet.
+    pub(super) fn has_fresh(&self) -> bool {
+        !self.fresh.is_empty()
     }
 
     /// Streams not yet run to their end.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.running.as_ref().map_or(0, FuturesUnordered::len)
+        self.fresh.len() + self.waiting.as_ref().map_or(0, FuturesUnordered::len)
     }
 }
 
@@ -232,6 +255,35 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(ran.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_stream_that_must_wait_is_woken_on_its_own() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = Arc::new(AtomicUsize::new(0));
+        let finished = done.clone();
+        let mut streams = Streams::default();
+        let _ = streams.poll_conn(|| {
+            StreamExecutor { local: true }.execute(async move {
+                let _ = rx.await;
+                finished.fetch_add(1, Ordering::SeqCst);
+            });
+            Poll::<()>::Pending
+        });
+        let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(streams.poll(&mut cx));
+        assert_eq!(streams.len(), 1, "waiting, not dropped");
+        // (The queue may wake the task once when it has polled every entry.)
+        let before = task.0.load(Ordering::SeqCst);
+        // What it waits for happens: its own waker reaches the task.
+        tx.send(()).expect("the stream still waits");
+        assert_eq!(task.0.load(Ordering::SeqCst), before + 1);
+        assert!(streams.poll(&mut cx));
+        assert_eq!(done.load(Ordering::SeqCst), 1);
+        assert_eq!(streams.len(), 0);
+        assert!(!streams.poll(&mut cx), "nothing left to poll");
     }
 
     /// A task waker that counts its wakes.
