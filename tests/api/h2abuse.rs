@@ -255,3 +255,82 @@ async fn empty_data_flood_is_bounded() {
     );
     others_unaffected(&server).await;
 }
+
+const WINDOW_UPDATE: u8 = 8;
+
+/// Reads frames until `done` says so (bounded); returns what was read.
+async fn read_until<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    mut done: impl FnMut(&Frame) -> bool,
+) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let finished = tokio::time::timeout(CAP, async {
+        while let Some(f) = read_frame(r).await {
+            let last = done(&f);
+            frames.push(f);
+            if last {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(finished, Ok(true), "stopped after {frames:?}");
+    frames
+}
+
+/// Streams whose answers must wait for the client's flow-control window are
+/// not lost: each is answered as soon as the client opens its window, in the
+/// order the windows open, not the order of the requests.
+#[tokio::test]
+async fn streams_waiting_for_window_are_answered_when_it_opens() {
+    let server = TestServer::start().await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let mut hello = PREFACE.to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0: no stream may carry DATA yet.
+    hello.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    s.write_all(&hello).await.unwrap();
+    // The server applies it when it acknowledges it (an empty SETTINGS; its
+    // own SETTINGS are not empty): only then do requests see a zero window,
+    // and their answers wait in the server instead of in h2's send buffer.
+    read_until(&mut s, |f| f.kind == SETTINGS && f.payload.is_empty()).await;
+    // The first request tells the server the connection speaks HTTP/2; the
+    // streams after it are run by the connection's own task (`streams.rs`).
+    s.write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &get_block()))
+        .await
+        .unwrap();
+    read_until(&mut s, |f| f.kind == HEADERS && f.stream == 1).await;
+    let mut requests = frame(HEADERS, END_STREAM | END_HEADERS, 3, &get_block());
+    requests.extend(frame(HEADERS, END_STREAM | END_HEADERS, 5, &get_block()));
+    s.write_all(&requests).await.unwrap();
+    let mut heads = 0;
+    let frames = read_until(&mut s, |f| {
+        heads += usize::from(f.kind == HEADERS);
+        heads == 2
+    })
+    .await;
+    assert!(
+        !frames
+            .iter()
+            .any(|f| f.kind == DATA && !f.payload.is_empty()),
+        "DATA without window: {frames:?}"
+    );
+
+    let body = br#"{"message":"Welcome to the public route!"}"#;
+    for stream in [5u32, 1, 3] {
+        s.write_all(&frame(WINDOW_UPDATE, 0, stream, &1000u32.to_be_bytes()))
+            .await
+            .unwrap();
+        let mut data = Vec::new();
+        let frames = read_until(&mut s, |f| {
+            if f.kind == DATA {
+                assert_eq!(f.stream, stream, "DATA for a stream still without window");
+                data.extend_from_slice(&f.payload);
+            }
+            f.kind == DATA && data.len() >= body.len()
+        })
+        .await;
+        assert_eq!(data, body, "stream {stream}: {frames:?}");
+    }
+    others_unaffected(&server).await;
+}
