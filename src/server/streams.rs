@@ -21,8 +21,8 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU8;
-use std::sync::atomic::Ordering::AcqRel;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::task::{Context, Poll, Wake, Waker};
 
 use atomic_waker::AtomicWaker;
@@ -31,8 +31,21 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 tokio::task_local! {
-    /// Streams hyper handed over during the current poll of the connection.
-    static HANDED: RefCell<Vec<StreamFuture>>;
+    /// Where streams hyper hands over during the current poll of the
+    /// connection go.
+    static HANDED: RefCell<Handing>;
+}
+
+/// Lent to the task-local [`HANDED`] for one poll of the connection.
+#[derive(Default)]
+struct Handing {
+    /// Streams to run after the poll.
+    streams: Vec<StreamFuture>,
+    /// Streams handed over during the poll (run at once or kept).
+    count: usize,
+    /// Set: run each stream at once, inside the connection's poll (see
+    /// [`Streams`]), with the turn's wakes muted meanwhile.
+    at_once: Option<Arc<TurnState>>,
 }
 
 /// The executor of every connection: hands HTTP/2 streams to the connection's
@@ -47,46 +60,114 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        if self.local && HANDED.try_with(|_| ()).is_ok() {
-            HANDED.with(|handed| handed.borrow_mut().push(Box::pin(fut)));
-        } else {
+        if !self.local {
             tokio::spawn(fut);
+            return;
         }
+        // The turn's state, to run the stream at once; `None` outside a poll
+        // of the connection (spawned) or to keep it for after the poll.
+        let at_once = HANDED.try_with(|handed| {
+            let mut handed = handed.borrow_mut();
+            handed.count += 1;
+            handed.at_once.take()
+        });
+        let mut stream: StreamFuture = Box::pin(fut);
+        match at_once {
+            Err(_) => {
+                tokio::spawn(stream);
+                return;
+            }
+            Ok(Some(turn)) => {
+                // Its wakes of the connection (h2 has its frames to write) are
+                // covered by the connection's poll that hyper makes right
+                // after handing a stream over: muted, they do not make the
+                // task run once more for nothing.
+                let before = turn.mute();
+                let polled = stream
+                    .as_mut()
+                    .poll(&mut Context::from_waker(Waker::noop()));
+                turn.unmute(before);
+                HANDED.with(|handed| handed.borrow_mut().at_once = Some(turn));
+                if polled.is_ready() {
+                    return;
+                }
+                // Waits (no window yet): kept, and polled again with a waker
+                // of its own after this poll of the connection.
+            }
+            Ok(None) => {}
+        }
+        HANDED.with(|handed| handed.borrow_mut().streams.push(stream));
     }
 }
 
 /// The streams of one connection, run by its task.
 ///
-/// A stream is polled first straight from the list hyper handed it over in;
-/// on standalone listeners nearly every stream ends there (its answer is
-/// prebuilt and the client's window has room), so it never costs a place in
-/// the [`FuturesUnordered`] (an allocation and its wake-up bookkeeping per
-/// stream). Only a stream that has to wait (for flow-control window) goes
-/// there, to be woken on its own.
+/// A stream is run in one of two ways, chosen at each turn of the task from
+/// the last one:
+/// - **At once**, inside the poll of the connection that hyper hands it over
+///   in, when the last turn brought at most one request (a client that waits
+///   for each answer): its frames then leave in that same poll, and the
+///   connection needs no second poll in the turn.
+/// - **After the poll**, when the last turn brought several (a client with
+///   many streams in flight): every answer to what one read brought in is
+///   queued first, and the connection's next poll writes them all at once
+///   (one `writev` instead of one per stream).
+///
+/// Either way a stream is polled first directly; on standalone listeners
+/// nearly every stream ends there (its answer is prebuilt and the client's
+/// window has room), so it never costs a place in the [`FuturesUnordered`] (an
+/// allocation and its wake-up bookkeeping per stream). Only a stream that has
+/// to wait (for flow-control window) goes there, to be woken on its own.
 #[derive(Default)]
 pub(super) struct Streams {
-    /// Handed over by the connection's polls, not polled yet. The vector is
-    /// lent to the task-local list during each poll of the connection and
-    /// taken back after, so its buffer is allocated once per connection.
+    /// Handed over by the connection's polls, not polled yet (or, run at once,
+    /// still waiting). The vector is lent to the task-local list during each
+    /// poll of the connection and taken back after, so its buffer is
+    /// allocated once per connection.
     fresh: Vec<StreamFuture>,
     /// Streams that did not end at their first poll. Made at the first such
     /// stream (its queue costs two allocations).
     waiting: Option<FuturesUnordered<StreamFuture>>,
+    /// The turn's state, lent to the task-local list when streams run at once.
+    turn: Option<Arc<TurnState>>,
+    /// Run this turn's streams at once.
+    at_once: bool,
+    /// Streams handed over in this turn.
+    handed: usize,
 }
 
 impl Streams {
+    /// Begins a turn of the connection's task polled with `turn`'s waker.
+    pub(super) fn begin_turn(&mut self, turn: &Turn) {
+        if self.turn.is_none() {
+            self.turn = Some(turn.shared.clone());
+        }
+        self.at_once = self.handed <= 1;
+        self.handed = 0;
+    }
+
     /// Polls `conn` with a place for the streams hyper hands over during the
     /// poll, and keeps them. Only HTTP/2 connections of standalone listeners
     /// come here: an HTTP/1 connection pays nothing for this.
     pub(super) fn poll_conn<T>(&mut self, conn: impl FnOnce() -> Poll<T>) -> Poll<T> {
-        let lent = RefCell::new(std::mem::take(&mut self.fresh));
+        let lent = RefCell::new(Handing {
+            streams: std::mem::take(&mut self.fresh),
+            count: 0,
+            at_once: if self.at_once { self.turn.take() } else { None },
+        });
         HANDED.sync_scope(lent, || {
             let polled = conn();
-            self.fresh = HANDED.with(|handed| std::mem::take(&mut *handed.borrow_mut()));
+            HANDED.with(|handed| {
+                let mut handed = handed.borrow_mut();
+                self.fresh = std::mem::take(&mut handed.streams);
+                self.handed += handed.count;
+                if let Some(turn) = handed.at_once.take() {
+                    self.turn = Some(turn);
+                }
+            });
             polled
         })
     }
-
     /// Polls the streams handed over since the last call, then every waiting
     /// stream that was woken. Returns whether there was any stream to poll:
     /// what they queued is then on the connection, which should be polled
@@ -117,6 +198,11 @@ impl Streams {
         !self.fresh.is_empty()
     }
 
+    /// Whether streams wait to be woken on their own.
+    pub(super) fn has_waiting(&self) -> bool {
+        self.waiting.as_ref().is_some_and(|w| !w.is_empty())
+    }
+
     /// Streams not yet run to their end.
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -141,9 +227,14 @@ pub(super) struct Turn {
 const IDLE: u8 = 0;
 const IN_TURN: u8 = 1;
 const WOKEN: u8 = 2;
+/// In a turn, while a stream runs inside the connection's poll.
+const MUTED: u8 = 3;
+const MUTED_WOKEN: u8 = 4;
 
-struct TurnState {
+pub(super) struct TurnState {
     state: AtomicU8,
+    /// A wake came while muted (see [`TurnState::unmute`]).
+    muted_wake: AtomicBool,
     task: AtomicWaker,
 }
 
@@ -153,16 +244,46 @@ impl Wake for TurnState {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        match self.state.compare_exchange(
-            IN_TURN,
-            WOKEN,
-            AcqRel,
-            std::sync::atomic::Ordering::Acquire,
-        ) {
+        let mut state = self.state.load(Acquire);
+        loop {
+            let recorded = match state {
+                IN_TURN => WOKEN,
+                MUTED => MUTED_WOKEN,
+                WOKEN | MUTED_WOKEN => return,
+                _ => {
+                    self.task.wake();
+                    return;
+                }
+            };
             // Recorded: the turn ends by waking the task if no poll came after.
-            Ok(_) => {}
-            Err(WOKEN) => {}
-            Err(_) => self.task.wake(),
+            match self
+                .state
+                .compare_exchange_weak(state, recorded, AcqRel, Acquire)
+            {
+                Ok(_) => return,
+                Err(now) => state = now,
+            }
+        }
+    }
+}
+
+impl TurnState {
+    /// Mutes the turn's wakes while a stream runs inside the connection's
+    /// poll; returns the state to restore.
+    fn mute(&self) -> u8 {
+        match self.state.swap(MUTED, AcqRel) {
+            WOKEN => WOKEN,
+            _ => IN_TURN,
+        }
+    }
+
+    /// Ends [`TurnState::mute`]. A wake while muted came from the stream (h2
+    /// has its frames to write: the connection's poll continues and writes
+    /// them) or, rarely, from a waiting stream woken meanwhile: recorded for
+    /// the end of the turn ([`Turn::end`]).
+    fn unmute(&self, before: u8) {
+        if self.state.swap(before, AcqRel) == MUTED_WOKEN {
+            self.muted_wake.store(true, Relaxed);
         }
     }
 }
@@ -171,6 +292,7 @@ impl Turn {
     pub(super) fn new() -> Self {
         let shared = Arc::new(TurnState {
             state: AtomicU8::new(IDLE),
+            muted_wake: AtomicBool::new(false),
             task: AtomicWaker::new(),
         });
         let waker = Waker::from(shared.clone());
@@ -196,9 +318,12 @@ impl Turn {
     }
 
     /// Ends the turn: whether a wake came after its last poll (the task must
-    /// then be polled again).
-    pub(super) fn end(&self) -> bool {
-        self.shared.state.swap(IDLE, AcqRel) == WOKEN
+    /// then be polled again). With `waiting` streams, a wake while a stream
+    /// ran at once counts too: it may have been theirs.
+    pub(super) fn end(&self, waiting: bool) -> bool {
+        let woken = self.shared.state.swap(IDLE, AcqRel) == WOKEN;
+        let muted = self.shared.muted_wake.swap(false, Relaxed);
+        woken || (muted && waiting)
     }
 }
 
@@ -286,6 +411,117 @@ mod tests {
         assert!(!streams.poll(&mut cx), "nothing left to poll");
     }
 
+    /// A stream that wakes the connection when it runs, as an answer does
+    /// (h2 then has frames to write), and counts its runs.
+    fn answering(
+        ran: &Arc<AtomicUsize>,
+        connection: &Waker,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let ran = ran.clone();
+        let connection = connection.clone();
+        async move {
+            connection.wake_by_ref();
+            ran.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn after_a_turn_with_one_stream_streams_run_inside_the_poll_and_their_wakes_are_covered() {
+        let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let turn = Turn::new();
+        turn.begin(&Waker::from(task.clone()));
+        let connection = turn.with(|cx| cx.waker().clone());
+        let ran = Arc::new(AtomicUsize::new(0));
+        let local = StreamExecutor { local: true };
+        let mut streams = Streams::default();
+
+        streams.begin_turn(&turn);
+        let polled = turn.poll(|_| {
+            streams.poll_conn(|| {
+                local.execute(answering(&ran, &connection));
+                assert_eq!(ran.load(Ordering::SeqCst), 1, "run inside the poll");
+                Poll::<()>::Pending
+            })
+        });
+        assert!(polled.is_pending());
+        assert!(!streams.has_fresh());
+        assert!(
+            !turn.with(|cx| streams.poll(cx)),
+            "nothing left to run after the poll"
+        );
+        assert!(
+            !turn.end(streams.has_waiting()),
+            "its wake is covered by the poll it ran in"
+        );
+        assert_eq!(task.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn after_a_turn_with_several_streams_they_run_after_the_poll() {
+        let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let turn = Turn::new();
+        turn.begin(&Waker::from(task.clone()));
+        let connection = turn.with(|cx| cx.waker().clone());
+        let ran = Arc::new(AtomicUsize::new(0));
+        let local = StreamExecutor { local: true };
+        let mut streams = Streams::default();
+        let mut turn_handing = |count: usize| {
+            streams.begin_turn(&turn);
+            let _ = turn.poll(|_| {
+                streams.poll_conn(|| {
+                    for _ in 0..count {
+                        local.execute(answering(&ran, &connection));
+                    }
+                    Poll::<()>::Pending
+                })
+            });
+            let before = ran.load(Ordering::SeqCst);
+            let _ = turn.with(|cx| streams.poll(cx));
+            let after = ran.load(Ordering::SeqCst);
+            let _ = turn.end(streams.has_waiting());
+            after - before
+        };
+        assert_eq!(turn_handing(2), 0, "first turn: at once");
+        assert_eq!(
+            turn_handing(3),
+            3,
+            "after two: after the poll, all together"
+        );
+        assert_eq!(turn_handing(1), 1, "after three: after the poll");
+        assert_eq!(turn_handing(1), 0, "after one: at once again");
+        assert_eq!(ran.load(Ordering::SeqCst), 7);
+    }
+
+    #[test]
+    fn a_wake_while_a_stream_runs_at_once_counts_when_streams_wait() {
+        let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let turn = Turn::new();
+        turn.begin(&Waker::from(task.clone()));
+        let connection = turn.with(|cx| cx.waker().clone());
+        let ran = Arc::new(AtomicUsize::new(0));
+        let local = StreamExecutor { local: true };
+        let mut streams = Streams::default();
+        let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
+
+        streams.begin_turn(&turn);
+        let _ = turn.poll(|_| {
+            streams.poll_conn(|| {
+                // Waits (kept), then one that answers at once and wakes.
+                local.execute(async move {
+                    let _ = rx.await;
+                });
+                local.execute(answering(&ran, &connection));
+                Poll::<()>::Pending
+            })
+        });
+        assert!(streams.has_fresh(), "the waiting one is kept");
+        assert!(turn.with(|cx| streams.poll(cx)));
+        assert!(streams.has_waiting());
+        // The muted wake may have been the waiting stream's: the turn must
+        // not end without another look.
+        assert!(turn.end(streams.has_waiting()));
+    }
+
     /// A task waker that counts its wakes.
     struct CountingWaker(AtomicUsize);
 
@@ -316,7 +552,10 @@ mod tests {
     #[test]
     fn a_wake_between_turns_reaches_the_task() {
         let (count, turn, kept) = turn_after_one_poll();
-        assert!(!turn.end(), "nothing woke the connection during the turn");
+        assert!(
+            !turn.end(false),
+            "nothing woke the connection during the turn"
+        );
         kept.wake_by_ref();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
     }
@@ -333,10 +572,10 @@ mod tests {
             "not passed on during the turn"
         );
         assert!(
-            turn.end(),
+            turn.end(false),
             "the turn must poll again (the caller wakes the task)"
         );
-        assert!(!turn.end(), "recorded once");
+        assert!(!turn.end(false), "recorded once");
     }
 
     #[test]
@@ -346,7 +585,7 @@ mod tests {
         turn.with(|cx| cx.waker().wake_by_ref());
         kept.wake_by_ref();
         let _ = polled_with(&turn);
-        assert!(!turn.end());
+        assert!(!turn.end(false));
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
     }
 
@@ -357,7 +596,7 @@ mod tests {
         for _ in 0..200 {
             let (count, turn, kept) = turn_after_one_poll();
             let waker = std::thread::spawn(move || kept.wake());
-            let reported = turn.end();
+            let reported = turn.end(false);
             waker.join().expect("the waking thread does not panic");
             let passed_on = count.0.load(Ordering::SeqCst);
             assert!(
