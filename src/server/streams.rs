@@ -425,15 +425,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn after_a_turn_with_one_stream_streams_run_inside_the_poll_and_their_wakes_are_covered() {
+    /// A turn begun for a counting task waker: the task's count, the turn,
+    /// the waker the connection keeps from it (h2 stores it), a run counter
+    /// and no streams yet.
+    fn begun() -> (Arc<CountingWaker>, Turn, Waker, Arc<AtomicUsize>, Streams) {
         let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let turn = Turn::new();
         turn.begin(&Waker::from(task.clone()));
         let connection = turn.with(|cx| cx.waker().clone());
         let ran = Arc::new(AtomicUsize::new(0));
+        (task, turn, connection, ran, Streams::default())
+    }
+
+    #[test]
+    fn after_a_turn_with_one_stream_streams_run_inside_the_poll_and_their_wakes_are_covered() {
+        let (task, turn, connection, ran, mut streams) = begun();
         let local = StreamExecutor { local: true };
-        let mut streams = Streams::default();
 
         streams.begin_turn(&turn);
         let polled = turn.poll(|_| {
@@ -458,13 +465,8 @@ mod tests {
 
     #[test]
     fn after_a_turn_with_several_streams_they_run_after_the_poll() {
-        let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let turn = Turn::new();
-        turn.begin(&Waker::from(task.clone()));
-        let connection = turn.with(|cx| cx.waker().clone());
-        let ran = Arc::new(AtomicUsize::new(0));
+        let (_, turn, connection, ran, mut streams) = begun();
         let local = StreamExecutor { local: true };
-        let mut streams = Streams::default();
         let mut turn_handing = |count: usize| {
             streams.begin_turn(&turn);
             let _ = turn.poll(|_| {
@@ -494,13 +496,8 @@ mod tests {
 
     #[test]
     fn a_wake_while_a_stream_runs_at_once_counts_when_streams_wait() {
-        let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let turn = Turn::new();
-        turn.begin(&Waker::from(task.clone()));
-        let connection = turn.with(|cx| cx.waker().clone());
-        let ran = Arc::new(AtomicUsize::new(0));
+        let (_, turn, connection, ran, mut streams) = begun();
         let local = StreamExecutor { local: true };
-        let mut streams = Streams::default();
         let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
 
         streams.begin_turn(&turn);
