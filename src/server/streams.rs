@@ -71,30 +71,28 @@ where
             handed.count += 1;
             handed.at_once.take()
         });
+        let Ok(at_once) = at_once else {
+            // Not during a poll of the connection (its first request).
+            tokio::spawn(fut);
+            return;
+        };
         let mut stream: StreamFuture = Box::pin(fut);
-        match at_once {
-            Err(_) => {
-                tokio::spawn(stream);
+        if let Some(turn) = at_once {
+            // Its wakes of the connection (h2 has its frames to write) are
+            // covered by the connection's poll that hyper makes right after
+            // handing a stream over: muted, they do not make the task run
+            // once more for nothing.
+            let before = turn.mute();
+            let polled = stream
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()));
+            turn.unmute(before);
+            HANDED.with(|handed| handed.borrow_mut().at_once = Some(turn));
+            if polled.is_ready() {
                 return;
             }
-            Ok(Some(turn)) => {
-                // Its wakes of the connection (h2 has its frames to write) are
-                // covered by the connection's poll that hyper makes right
-                // after handing a stream over: muted, they do not make the
-                // task run once more for nothing.
-                let before = turn.mute();
-                let polled = stream
-                    .as_mut()
-                    .poll(&mut Context::from_waker(Waker::noop()));
-                turn.unmute(before);
-                HANDED.with(|handed| handed.borrow_mut().at_once = Some(turn));
-                if polled.is_ready() {
-                    return;
-                }
-                // Waits (no window yet): kept, and polled again with a waker
-                // of its own after this poll of the connection.
-            }
-            Ok(None) => {}
+            // Waits (no window yet): kept, and polled again with a waker of
+            // its own after this poll of the connection.
         }
         HANDED.with(|handed| handed.borrow_mut().streams.push(stream));
     }
