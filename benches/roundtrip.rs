@@ -37,15 +37,10 @@ async fn tokengate_server(listener: TcpListener, upstream: Option<SocketAddr>) {
     ))
     .unwrap();
     let config = AppConfig {
-        gateway: upstream.map(|up| tokengate::gateway::GatewayConfig {
-            upstream: tokengate::gateway::upstream::Upstream::parse(&format!("http://{up}"))
-                .unwrap(),
-            upstream_host: None,
-            timeout: std::time::Duration::from_secs(30),
-            ca: Vec::new(),
-            http2: false,
-            public: Vec::new(),
-            resend_if_idle: tokengate::gateway::pool::RESEND_IF_IDLE,
+        gateway: upstream.map(|up| {
+            tokengate::gateway::GatewayConfig::new(
+                tokengate::gateway::upstream::Upstream::parse(&format!("http://{up}")).unwrap(),
+            )
         }),
         ..AppConfig::default()
     };

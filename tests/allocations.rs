@@ -120,16 +120,9 @@ fn the_gateway_allocates_about_what_a_bare_proxy_does() {
         keys.insert(Key::new(Digest::of(b"mysecrettoken"), "demo", KeySource::Demo))
             .unwrap();
         let config = AppConfig {
-            gateway: Some(tokengate::gateway::GatewayConfig {
-                upstream: tokengate::gateway::upstream::Upstream::parse(&format!("http://{up_addr}"))
-                    .unwrap(),
-                upstream_host: None,
-                timeout: std::time::Duration::from_secs(30),
-                ca: Vec::new(),
-                http2: false,
-                public: Vec::new(),
-                resend_if_idle: tokengate::gateway::pool::RESEND_IF_IDLE,
-            }),
+            gateway: Some(tokengate::gateway::GatewayConfig::new(
+                tokengate::gateway::upstream::Upstream::parse(&format!("http://{up_addr}")).unwrap(),
+            )),
             ..AppConfig::default()
         };
         let app = Arc::new(App::new(keys, &config));

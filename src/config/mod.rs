@@ -110,13 +110,12 @@ fn gateway(args: &Args) -> Result<Option<GatewayConfig>, ConfigError> {
         .map(|r| parse_public(r.trim()).map_err(|p| ConfigError::Public(r.clone(), p)))
         .collect::<Result<_, _>>()?;
     Ok(Some(GatewayConfig {
-        upstream,
         upstream_host,
         timeout: args.upstream_timeout,
         ca,
         http2: args.upstream_http2,
         public,
-        resend_if_idle: crate::gateway::pool::RESEND_IF_IDLE,
+        ..GatewayConfig::new(upstream)
     }))
 }
 

@@ -56,6 +56,23 @@ pub struct GatewayConfig {
     pub resend_if_idle: std::time::Duration,
 }
 
+impl GatewayConfig {
+    /// The settings for `upstream` with every companion flag at its default
+    /// (`--upstream-timeout 30s`, the client's `Host`, the webpki roots,
+    /// HTTP/1.1, no `--public` paths).
+    pub fn new(upstream: Upstream) -> Self {
+        GatewayConfig {
+            upstream,
+            upstream_host: None,
+            timeout: Duration::from_secs(30),
+            ca: Vec::new(),
+            http2: false,
+            public: Vec::new(),
+            resend_if_idle: pool::RESEND_IF_IDLE,
+        }
+    }
+}
+
 /// Why `--upstream-ca` cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("--upstream-ca {path}: {problem}")]

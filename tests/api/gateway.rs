@@ -235,13 +235,9 @@ async fn get_with_key(addr: SocketAddr, path: &str) -> Resp {
 fn gateway_config(upstream: SocketAddr, timeout: Duration) -> AppConfig {
     AppConfig {
         gateway: Some(GatewayConfig {
-            upstream: Upstream::parse(&format!("http://{upstream}")).unwrap(),
-            upstream_host: None,
             timeout,
-            ca: Vec::new(),
-            http2: false,
             public: vec![parse_public("GET:/docs/*").unwrap()],
-            resend_if_idle: tokengate::gateway::pool::RESEND_IF_IDLE,
+            ..GatewayConfig::new(Upstream::parse(&format!("http://{upstream}")).unwrap())
         }),
         ..AppConfig::default()
     }
@@ -880,13 +876,9 @@ async fn https_upstream_with_a_private_ca() {
         });
         let config = AppConfig {
             gateway: Some(GatewayConfig {
-                upstream: Upstream::parse(&format!("https://localhost:{port}")).unwrap(),
-                upstream_host: None,
-                timeout: Duration::from_secs(30),
                 ca: vec![der.clone()],
                 http2,
-                public: Vec::new(),
-                resend_if_idle: tokengate::gateway::pool::RESEND_IF_IDLE,
+                ..GatewayConfig::new(Upstream::parse(&format!("https://localhost:{port}")).unwrap())
             }),
             ..AppConfig::default()
         };
@@ -898,13 +890,8 @@ async fn https_upstream_with_a_private_ca() {
         // Without the CA the upstream's certificate is refused: 502.
         let untrusting = AppConfig {
             gateway: Some(GatewayConfig {
-                upstream: Upstream::parse(&format!("https://localhost:{port}")).unwrap(),
-                upstream_host: None,
-                timeout: Duration::from_secs(30),
-                ca: Vec::new(),
                 http2,
-                public: Vec::new(),
-                resend_if_idle: tokengate::gateway::pool::RESEND_IF_IDLE,
+                ..GatewayConfig::new(Upstream::parse(&format!("https://localhost:{port}")).unwrap())
             }),
             ..AppConfig::default()
         };
