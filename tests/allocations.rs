@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokengate::keys::{Digest, Key, KeySource};
 use tokengate::{App, AppConfig, KeySet, Limits};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 #[path = "../benches/common/floor.rs"]
@@ -63,6 +64,7 @@ fn heap_allocations_per_request() {
     let _profiler = dhat::Profiler::builder().testing().build();
     the_request_path_allocates_no_more_than_the_floor();
     the_gateway_allocates_about_what_a_bare_proxy_does();
+    an_idle_connection_holds_no_more_heap_than_the_floors();
 }
 
 fn the_request_path_allocates_no_more_than_the_floor() {
@@ -138,5 +140,70 @@ fn the_gateway_allocates_about_what_a_bare_proxy_does() {
         // Key check, header hygiene and metrics included, a proxied request
         // allocates what the bare proxy's does (the date header aside).
         assert!(gateway <= bare + 0.02, "gateway {gateway:.3} vs bare proxy {bare:.3}");
+    });
+}
+
+/// Heap bytes held per idle keep-alive HTTP/1.1 connection after one
+/// request: `m` raw connections each get their answer and stay open (in
+/// `open`, until the caller is done: a close would free memory meanwhile).
+async fn heap_per_idle_connection(addr: SocketAddr, m: usize, open: &mut Vec<TcpStream>) -> f64 {
+    let before = dhat::HeapStats::get().curr_bytes;
+    for _ in 0..m {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /public HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(BODY) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the answer");
+            got.extend_from_slice(&buf[..n]);
+        }
+        open.push(s);
+    }
+    // The servers' tasks finish what follows a response (current thread:
+    // each yield runs them).
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let after = dhat::HeapStats::get().curr_bytes;
+    (after as f64 - before as f64) / m as f64
+}
+
+/// An idle keep-alive connection holds hyper's buffers and the task: no more
+/// heap in tokengate than in the floor (hyper-util's auto builder, which
+/// hands hyper the first 24 bytes apart, so its read buffer doubles to
+/// 16 KiB; tokengate peeks at them instead and keeps 8 KiB).
+fn an_idle_connection_holds_no_more_heap_than_the_floors() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let f = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let t = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (floor_addr, tg_addr) = (f.local_addr().unwrap(), t.local_addr().unwrap());
+        tokio::spawn(floor::floor(f, BODY));
+        let app = Arc::new(App::new(KeySet::new(), &AppConfig::default()));
+        tokio::spawn(tokengate::serve(
+            t,
+            app,
+            Limits::default(),
+            std::future::pending(),
+        ));
+        let m = 64;
+        let mut open = Vec::with_capacity(2 * m + 8);
+        // Warm-up: lazily built state (the date header, tables) on both.
+        heap_per_idle_connection(floor_addr, 4, &mut open).await;
+        heap_per_idle_connection(tg_addr, 4, &mut open).await;
+        open.reserve(2 * m);
+        let floor = heap_per_idle_connection(floor_addr, m, &mut open).await;
+        let ours = heap_per_idle_connection(tg_addr, m, &mut open).await;
+        eprintln!("heap per idle keep-alive connection: floor {floor:.0} B, tokengate {ours:.0} B");
+        assert!(
+            ours <= floor,
+            "tokengate {ours:.0} B vs floor {floor:.0} B per idle connection"
+        );
     });
 }

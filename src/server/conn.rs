@@ -1,6 +1,7 @@
-//! One connection: hyper-util's auto builder (HTTP/1.1 and h2c on one port,
-//! or ALPN `h2`/`http/1.1` after a TLS handshake) driving a `service_fn` that
-//! calls [`App::handle`], under the watchdog's commands.
+//! One connection: hyper's HTTP/1 server when the first bytes (a peek) or
+//! ALPN `http/1.1` already say HTTP/1, else hyper-util's auto builder (h2c
+//! and HTTP/1.1 on one port, ALPN `h2`), driving a `service_fn` that calls
+//! [`App::handle`], under the watchdog's commands.
 //!
 //! Cleartext and TLS connections are different tasks, so a cleartext task
 //! carries no TLS state (rustls keeps several KiB inline); both share one
@@ -19,6 +20,7 @@ use futures_util::{FutureExt, future};
 use http::{Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -56,6 +58,9 @@ pub fn hard_head_limit(max_header_bytes: usize) -> usize {
 pub(super) struct Context {
     pub(super) app: Arc<App>,
     pub(super) builder: auto::Builder<StreamExecutor>,
+    /// hyper's HTTP/1 server with the auto builder's HTTP/1 settings, for
+    /// connections known to be HTTP/1 before the first read (see [`sniff`]).
+    pub(super) http1: http1::Builder,
     pub(super) table: Arc<ConnectionTable>,
     pub(super) tls: Option<Arc<Tls>>,
     /// This listener passes requests on to the upstream (gateway mode, and
@@ -74,6 +79,7 @@ impl Context {
         Context {
             gateway,
             builder: builder(app.max_header_bytes(), StreamExecutor { local: !gateway }),
+            http1: http1_builder(app.max_header_bytes()),
             app,
             table,
             tls,
@@ -81,22 +87,30 @@ impl Context {
     }
 }
 
+/// The HTTP/1 settings, for the auto builder's HTTP/1 part and for hyper's
+/// own HTTP/1 builder alike (their setters have the same names and types).
+macro_rules! http1_settings {
+    ($builder:expr, $hard:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            // hyper defaults to a 30 s header timeout once a timer is set; it
+            // would arm (and box) a timer per request and also run while
+            // idle. The watchdog enforces --header-read-timeout instead.
+            .header_read_timeout(None)
+            .max_buf_size($hard)
+            // 100 is hyper's default: its header arrays then live on the
+            // stack. Any larger value moves them to the heap (two allocations
+            // per request), so HTTP/1 heads with more fields get hyper's bare
+            // 431.
+            .max_headers(head::MAX_HEADER_FIELDS)
+    };
+}
+
 /// The auto builder, configured once.
 fn builder(max_header_bytes: usize, executor: StreamExecutor) -> auto::Builder<StreamExecutor> {
     let hard = hard_head_limit(max_header_bytes);
     let mut builder = auto::Builder::new(executor);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // hyper defaults to a 30 s header timeout once a timer is set; it would
-        // arm (and box) a timer per request and also run while idle. The
-        // watchdog enforces --header-read-timeout instead.
-        .header_read_timeout(None)
-        .max_buf_size(hard)
-        // 100 is hyper's default: its header arrays then live on the stack.
-        // Any larger value moves them to the heap (two allocations per
-        // request), so HTTP/1 heads with more fields get hyper's bare 431.
-        .max_headers(head::MAX_HEADER_FIELDS);
+    http1_settings!(builder.http1(), hard);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -105,6 +119,58 @@ fn builder(max_header_bytes: usize, executor: StreamExecutor) -> auto::Builder<S
         .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS);
     builder
+}
+
+/// hyper's HTTP/1 builder, configured once.
+fn http1_builder(max_header_bytes: usize) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    http1_settings!(builder, hard_head_limit(max_header_bytes));
+    builder
+}
+
+/// The HTTP/2 connection preface, which an h2c client sends first.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the first bytes a client sent already rule HTTP/2 out: then the
+/// connection goes to hyper's HTTP/1 server directly.
+///
+/// hyper-util's auto builder reads up to 24 bytes to tell the protocols apart
+/// and hands them to hyper's HTTP/1 server ahead of the rest. hyper reads
+/// those 24 into an 8 KiB buffer, finds the head incomplete, and reserves
+/// 8 KiB more for the next read: the buffer doubles to 16 KiB and stays so
+/// for the connection's life (valgrind's dhat: 16 KiB per connection). A peek
+/// leaves the bytes in the socket, and hyper's first read takes the whole
+/// head into 8 KiB. Bytes that match the preface so far (or none: the
+/// client closed) leave the decision to the auto builder.
+fn rules_out_h2(peeked: &[u8]) -> bool {
+    !peeked.is_empty() && !H2_PREFACE.starts_with(peeked)
+}
+
+/// What a connection's stream tells of its protocol before hyper reads it.
+pub(super) trait Sniff {
+    /// Ready with `true` when the connection is HTTP/1 for sure, `false`
+    /// when the auto builder is to find out. `first`: room to peek into.
+    fn poll_http1(&self, cx: &mut std::task::Context<'_>, first: &mut [u8; 24]) -> Poll<bool>;
+}
+
+impl Sniff for TcpStream {
+    /// Peeks at what the client sent first (ready once it sent something).
+    fn poll_http1(&self, cx: &mut std::task::Context<'_>, first: &mut [u8; 24]) -> Poll<bool> {
+        let mut buf = tokio::io::ReadBuf::new(first);
+        match self.poll_peek(cx, &mut buf) {
+            Poll::Ready(Ok(_)) => Poll::Ready(rules_out_h2(buf.filled())),
+            // The auto builder's read meets the same error.
+            Poll::Ready(Err(_)) => Poll::Ready(false),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Sniff for tokio_rustls::server::TlsStream<TcpStream> {
+    /// ALPN settled it in the handshake.
+    fn poll_http1(&self, _: &mut std::task::Context<'_>, _: &mut [u8; 24]) -> Poll<bool> {
+        Poll::Ready(self.get_ref().1.alpn_protocol() == Some(b"http/1.1"))
+    }
 }
 
 /// One accepted connection, before its task starts.
@@ -161,17 +227,31 @@ impl Connection {
         }
     }
 
-    /// Serves HTTP on the connection until it ends or the watchdog aborts it.
     /// Serves HTTP on the connection until it ends or the watchdog aborts
-    /// it. In gateway mode the connection can be upgraded (WebSocket); that
-    /// path is a separate function so a standalone connection's task does not
-    /// carry the larger upgradeable state.
+    /// it: with hyper's HTTP/1 server if `http1` (known before the first
+    /// read), else with the auto builder. In gateway mode the connection can
+    /// be upgraded (WebSocket); that path is a separate function so a
+    /// standalone connection's task does not carry the larger upgradeable
+    /// state.
     async fn serve<I>(self, stream: I, activity: Arc<Activity>, entry: Entry)
     where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        I: Sniff + AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // Watched like the request head it is the start of: the watchdog
+        // aborts a client that sends nothing.
+        let http1 = {
+            let mut first = [0u8; H2_PREFACE.len()];
+            let sniff = std::future::poll_fn(|cx| stream.poll_http1(cx, &mut first));
+            match until_aborted(&activity, sniff).await {
+                Some(http1) => http1,
+                None => {
+                    debug!(peer = %self.peer, "no request within the header read timeout");
+                    return;
+                }
+            }
+        };
         if self.context.gateway {
-            Box::pin(self.serve_upgradeable(stream, activity, entry)).await;
+            Box::pin(self.serve_upgradeable(stream, activity, entry, http1)).await;
             return;
         }
         let _permit = self.permit;
@@ -179,30 +259,49 @@ impl Connection {
         let _open = OpenConnection::new(self.context.app.clone());
         let io = TokioIo::new(ReadCounter::new(stream, activity.clone()));
         let service = standalone_service(&self.context, &activity, self.peer.ip());
-        let conn = self.context.builder.serve_connection(io, service);
-        // Pinned here and lent to `drive`: moving it into `drive`'s future
-        // would make this task hold it twice.
-        tokio::pin!(conn);
-        // Standalone: HTTP/2 streams run in this task (`streams.rs`).
-        let result = drive(conn, &activity, true).await;
-        log_end(self.peer, result);
+        if http1 {
+            let conn = self.context.http1.serve_connection(io, service);
+            tokio::pin!(conn);
+            log_end(self.peer, drive(conn, &activity, false).await);
+        } else {
+            let conn = self.context.builder.serve_connection(io, service);
+            // Pinned here and lent to `drive`: moving it into `drive`'s
+            // future would make this task hold it twice.
+            tokio::pin!(conn);
+            // Standalone: HTTP/2 streams run in this task (`streams.rs`).
+            log_end(self.peer, drive(conn, &activity, true).await);
+        }
     }
 
-    async fn serve_upgradeable<I>(self, stream: I, activity: Arc<Activity>, _entry: Entry)
-    where
+    async fn serve_upgradeable<I>(
+        self,
+        stream: I,
+        activity: Arc<Activity>,
+        _entry: Entry,
+        http1: bool,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let _permit = self.permit;
         let _open = OpenConnection::new(self.context.app.clone());
         let io = TokioIo::new(ReadCounter::new(stream, activity.clone()));
         let service = gateway_service(&self.context, &activity, self.peer.ip());
-        let conn = self
-            .context
-            .builder
-            .serve_connection_with_upgrades(io, service);
-        tokio::pin!(conn);
-        let result = drive(conn, &activity, false).await;
-        log_end(self.peer, result);
+        if http1 {
+            let conn = self
+                .context
+                .http1
+                .serve_connection(io, service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            log_end(self.peer, drive(conn, &activity, false).await);
+        } else {
+            let conn = self
+                .context
+                .builder
+                .serve_connection_with_upgrades(io, service);
+            tokio::pin!(conn);
+            log_end(self.peer, drive(conn, &activity, false).await);
+        }
     }
 }
 
@@ -285,9 +384,35 @@ fn gateway_service(
     })
 }
 
-/// A hyper-util connection, with or without upgrades.
+/// A hyper or hyper-util connection, with or without upgrades.
 trait Shutdown: Future {
     fn shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Shutdown for http1::Connection<I, S>
+where
+    http1::Connection<I, S>: Future,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B> Shutdown for http1::UpgradeableConnection<I, S>
+where
+    http1::UpgradeableConnection<I, S>: Future,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
 }
 
 impl<'a, I, S, E, B> Shutdown for auto::Connection<'a, I, S, E>
@@ -428,6 +553,26 @@ impl Drop for OpenConnection {
 }
 
 #[cfg(test)]
+mod sniff_tests {
+    use super::*;
+
+    #[test]
+    fn only_bytes_that_leave_the_preface_rule_h2_out() {
+        // Nothing yet, or the preface so far: the auto builder decides.
+        assert!(!rules_out_h2(b""));
+        assert!(!rules_out_h2(b"P"));
+        assert!(!rules_out_h2(b"PRI * HTTP/2.0\r\n"));
+        assert!(!rules_out_h2(H2_PREFACE));
+        // Any other byte: HTTP/1.
+        assert!(rules_out_h2(b"G"));
+        assert!(rules_out_h2(b"GET / HTTP/1.1\r\n"));
+        assert!(rules_out_h2(b"PUT"));
+        assert!(rules_out_h2(b"PRI * HTTP/1.1\r\n"));
+        assert!(rules_out_h2(b"\r\n"));
+    }
+}
+
+#[cfg(test)]
 mod size_tests {
     use super::*;
     use tokio::net::TcpListener;
@@ -460,8 +605,10 @@ mod size_tests {
         });
         let bare = std::mem::size_of_val(&bare.serve_connection(TokioIo::new(client), svc));
         eprintln!("connection task: {ours} bytes; bare hyper-util connection: {bare} bytes");
+        // +640 before the protocol sniff (`Sniff`), which added 96 bytes to
+        // the task and took 8 KiB off every HTTP/1 connection's read buffer.
         assert!(
-            ours <= bare + 640,
+            ours <= bare + 736,
             "connection task grew to {ours} bytes (bare: {bare})"
         );
     }

@@ -2,7 +2,8 @@
 //! drain with a deadline. One file per concern beside it:
 //!
 //! * `accept` — accept errors never end the server;
-//! * `conn` — one connection: TLS handshake, hyper-util's auto builder, the
+//! * `conn` — one connection: TLS handshake, the protocol (a peek at the first
+//!   bytes: hyper's HTTP/1 server, or hyper-util's auto builder for h2c), the
 //!   service, and the watchdog's commands;
 //! * `watchdog` — the thread that samples every connection, and the table of
 //!   live connections it samples;
@@ -20,7 +21,7 @@
 //! quarter of the shorter limit.
 //!
 //! * **Request heads** — a head is in progress from accept until the first
-//!   request (the TLS handshake included), and on HTTP/1 whenever bytes arrive
+//!   request (the TLS handshake and the peek included), and on HTTP/1 whenever bytes arrive
 //!   with no new complete head. One still in progress `header_read_timeout`
 //!   after it began is dropped without a response. This covers TLS, protocol
 //!   detection, the HTTP/2 preface and slowloris dripping; the limit is

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use crate::support::{BOTH, KEY, TestServer, get};
 
 const CAP: Duration = Duration::from_secs(20);
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 pub const DATA: u8 = 0;
 pub const HEADERS: u8 = 1;

@@ -1,6 +1,12 @@
 //! Raw-socket tests for what client libraries normalise away.
 
-use crate::support::{TestServer, raw, request, statuses};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::h2abuse::{HEADERS, PREFACE, SETTINGS, frame, get_block, read_frame};
+use crate::support::{TestServer, raw, read_to_close, request, statuses};
 
 const KEY_LINE: &str = "X-Token: mysecrettoken\r\n";
 
@@ -203,5 +209,65 @@ async fn targets_that_are_not_origin_form_are_400() {
         let got = raw(server.addr, &request("GET", target, None, "")).await;
         assert_eq!(statuses(&got), [400], "{target}: {got}");
         assert!(got.ends_with(r#"{"detail":"Bad Request"}"#), "{got}");
+    }
+}
+
+/// The server tells HTTP/1 from h2c by peeking at the first bytes: whatever
+/// arrived first, and however the rest follows, the request is served in
+/// the protocol it is in. Bytes that match the HTTP/2 preface so far leave
+/// the decision to hyper-util's auto builder; any other byte means HTTP/1.
+#[tokio::test]
+async fn first_bytes_arriving_in_pieces() {
+    let server = TestServer::start().await;
+    // HTTP/1: a GET (ruled out at its first byte), a PRI that is not the
+    // preface (ruled out at its 10th), and cuts at the start, mid-line and
+    // mid-head.
+    let get = request("GET", "/public", None, "");
+    let pri = b"PRI * HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec();
+    for (bytes, cut, want) in [
+        (&get, 1, 200),
+        (&get, 3, 200),
+        (&get, 20, 200),
+        (&pri, 1, 0),
+        (&pri, 9, 0),
+        (&pri, 12, 0),
+    ] {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        s.write_all(&bytes[..cut]).await.unwrap();
+        tokio::task::yield_now().await;
+        s.write_all(&bytes[cut..]).await.unwrap();
+        let got = statuses(&read_to_close(&mut s).await);
+        if want == 0 {
+            // PRI is no method tokengate routes: some 4xx, on HTTP/1.1.
+            assert!(
+                got.len() == 1 && (400..500).contains(&got[0]),
+                "{cut}: {got:?}"
+            );
+        } else {
+            assert_eq!(got, [want], "cut at {cut}");
+        }
+    }
+    // h2c: the preface cut after 1, 16 and 23 bytes, then the rest with a
+    // request: answered on stream 1.
+    for cut in [1, 16, 23] {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        s.write_all(&PREFACE[..cut]).await.unwrap();
+        tokio::task::yield_now().await;
+        let mut rest = PREFACE[cut..].to_vec();
+        rest.extend(frame(SETTINGS, 0, 0, &[]));
+        rest.extend(frame(HEADERS, 0x1 | 0x4, 1, &get_block()));
+        s.write_all(&rest).await.unwrap();
+        let answered = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(f) = read_frame(&mut s).await {
+                if f.kind == HEADERS && f.stream == 1 {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(answered, Ok(true), "preface cut at {cut}: no response");
     }
 }
