@@ -14,7 +14,6 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokengate::keys::{Digest, Key, KeySource};
 use tokengate::{App, AppConfig, KeySet, Limits};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -29,13 +28,7 @@ const BODY: &[u8] = br#"{"message":"You have access to the protected route!"}"#;
 
 /// tokengate on `listener`: standalone, or in front of `upstream`.
 async fn tokengate_server(listener: TcpListener, upstream: Option<SocketAddr>) {
-    let mut keys = KeySet::new();
-    keys.insert(Key::new(
-        Digest::of(b"mysecrettoken"),
-        "demo",
-        KeySource::Demo,
-    ))
-    .unwrap();
+    let keys = KeySet::demo();
     let config = AppConfig {
         gateway: upstream.map(|up| {
             tokengate::gateway::GatewayConfig::new(

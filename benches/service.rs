@@ -6,17 +6,10 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Method, Request};
-use tokengate::keys::{Digest, Key, KeySource};
 use tokengate::{App, AppConfig, KeySet};
 
 fn app() -> App {
-    let mut keys = KeySet::new();
-    keys.insert(Key::new(
-        Digest::of(b"mysecrettoken"),
-        "demo",
-        KeySource::Demo,
-    ))
-    .unwrap();
+    let keys = KeySet::demo();
     // Throttling off: the wrong-key rows would otherwise turn into 429s.
     let config = AppConfig {
         throttle: None,

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use tokengate::keys::{Digest, Key, KeySource};
 use tokengate::{App, AppConfig, KeySet, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -67,21 +66,35 @@ fn heap_allocations_per_request() {
     an_idle_connection_holds_no_more_heap_than_the_floors();
 }
 
-fn the_request_path_allocates_no_more_than_the_floor() {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// Each measurement's runtime: one thread, so that client and servers take
+/// turns and what is measured between two points is all of it.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
-        let f = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let t = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (floor_addr, tg_addr) = (f.local_addr().unwrap(), t.local_addr().unwrap());
-        tokio::spawn(floor::floor(f, BODY));
-        let mut keys = KeySet::new();
-        keys.insert(Key::new(Digest::of(b"mysecrettoken"), "demo", KeySource::Demo))
-            .unwrap();
-        let app = Arc::new(App::new(keys, &AppConfig::default()));
-        tokio::spawn(tokengate::serve(t, app, Limits::default(), std::future::pending()));
+        .unwrap()
+}
+
+/// The floor and a standalone tokengate (the demo key), each on its own
+/// port of this runtime.
+async fn floor_and_tokengate() -> (SocketAddr, SocketAddr) {
+    let f = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let t = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (floor_addr, tg_addr) = (f.local_addr().unwrap(), t.local_addr().unwrap());
+    tokio::spawn(floor::floor(f, BODY));
+    let app = Arc::new(App::new(KeySet::demo(), &AppConfig::default()));
+    tokio::spawn(tokengate::serve(
+        t,
+        app,
+        Limits::default(),
+        std::future::pending(),
+    ));
+    (floor_addr, tg_addr)
+}
+
+fn the_request_path_allocates_no_more_than_the_floor() {
+    current_thread().block_on(async {
+        let (floor_addr, tg_addr) = floor_and_tokengate().await;
 
         let n = 2000;
         // The same requests to both (the floor ignores path and token), so
@@ -105,11 +118,7 @@ fn the_request_path_allocates_no_more_than_the_floor() {
 /// hyper proxy, both in front of the floor. Client, proxy and upstream share
 /// the process; only the proxy differs, so the difference is the proxy's.
 fn the_gateway_allocates_about_what_a_bare_proxy_does() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    current_thread().block_on(async {
         let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let up_addr = up.local_addr().unwrap();
         tokio::spawn(floor::floor(up, BODY));
@@ -118,9 +127,7 @@ fn the_gateway_allocates_about_what_a_bare_proxy_does() {
         tokio::spawn(bare_proxy::bare_proxy(p, up_addr));
         let g = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gw_addr = g.local_addr().unwrap();
-        let mut keys = KeySet::new();
-        keys.insert(Key::new(Digest::of(b"mysecrettoken"), "demo", KeySource::Demo))
-            .unwrap();
+        let keys = KeySet::demo();
         let config = AppConfig {
             gateway: Some(tokengate::gateway::GatewayConfig::new(
                 tokengate::gateway::upstream::Upstream::parse(&format!("http://{up_addr}")).unwrap(),
@@ -176,22 +183,8 @@ async fn heap_per_idle_connection(addr: SocketAddr, m: usize, open: &mut Vec<Tcp
 /// hands hyper the first 24 bytes apart, so its read buffer doubles to
 /// 16 KiB; tokengate peeks at them instead and keeps 8 KiB).
 fn an_idle_connection_holds_no_more_heap_than_the_floors() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let f = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let t = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (floor_addr, tg_addr) = (f.local_addr().unwrap(), t.local_addr().unwrap());
-        tokio::spawn(floor::floor(f, BODY));
-        let app = Arc::new(App::new(KeySet::new(), &AppConfig::default()));
-        tokio::spawn(tokengate::serve(
-            t,
-            app,
-            Limits::default(),
-            std::future::pending(),
-        ));
+    current_thread().block_on(async {
+        let (floor_addr, tg_addr) = floor_and_tokengate().await;
         let m = 64;
         let mut open = Vec::with_capacity(2 * m + 8);
         // Warm-up: lazily built state (the date header, tables) on both.

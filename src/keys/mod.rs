@@ -276,6 +276,20 @@ impl KeySet {
         Self::default()
     }
 
+    /// The set tokengate runs with when no key is configured: the demo key
+    /// ([`file::DEMO_TOKEN`]) alone, labelled `demo`.
+    pub fn demo() -> Self {
+        let mut keys = Self::new();
+        let key = Key::new(
+            Digest::of(file::DEMO_TOKEN.as_bytes()),
+            "demo",
+            KeySource::Demo,
+        );
+        keys.insert(key)
+            .expect("the first key of an empty set is unique");
+        keys
+    }
+
     /// Adds a key. Digests and labels must be unique.
     pub fn insert(&mut self, key: Key) -> Result<KeyId, InsertError> {
         if let Some(id) = self.by_digest.get(&key.digest) {

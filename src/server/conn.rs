@@ -59,7 +59,7 @@ pub(super) struct Context {
     pub(super) app: Arc<App>,
     pub(super) builder: auto::Builder<StreamExecutor>,
     /// hyper's HTTP/1 server with the auto builder's HTTP/1 settings, for
-    /// connections known to be HTTP/1 before the first read (see [`sniff`]).
+    /// connections known to be HTTP/1 before the first read (see [`Sniff`]).
     pub(super) http1: http1::Builder,
     pub(super) table: Arc<ConnectionTable>,
     pub(super) tls: Option<Arc<Tls>>,
@@ -389,31 +389,25 @@ trait Shutdown: Future {
     fn shutdown(self: Pin<&mut Self>);
 }
 
-impl<I, S, B> Shutdown for http1::Connection<I, S>
-where
-    http1::Connection<I, S>: Future,
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: http_body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn shutdown(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
+/// hyper's HTTP/1 connections, with and without upgrades.
+macro_rules! http1_shutdown {
+    ($($conn:ident),*) => {$(
+        impl<I, S, B> Shutdown for http1::$conn<I, S>
+        where
+            http1::$conn<I, S>: Future,
+            S: hyper::service::HttpService<Incoming, ResBody = B>,
+            I: hyper::rt::Read + hyper::rt::Write + Unpin,
+            B: http_body::Body + 'static,
+            B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        {
+            fn shutdown(self: Pin<&mut Self>) {
+                self.graceful_shutdown();
+            }
+        }
+    )*};
 }
 
-impl<I, S, B> Shutdown for http1::UpgradeableConnection<I, S>
-where
-    http1::UpgradeableConnection<I, S>: Future,
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: http_body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn shutdown(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
+http1_shutdown!(Connection, UpgradeableConnection);
 
 impl<'a, I, S, E, B> Shutdown for auto::Connection<'a, I, S, E>
 where

@@ -21,10 +21,11 @@
 //! quarter of the shorter limit.
 //!
 //! * **Request heads** — a head is in progress from accept until the first
-//!   request (the TLS handshake and the peek included), and on HTTP/1 whenever bytes arrive
-//!   with no new complete head. One still in progress `header_read_timeout`
-//!   after it began is dropped without a response. This covers TLS, protocol
-//!   detection, the HTTP/2 preface and slowloris dripping; the limit is
+//!   request (the TLS handshake and the protocol peek included), and on HTTP/1
+//!   whenever bytes arrive with no new complete head. One still in progress
+//!   `header_read_timeout` after it began is dropped without a response. This
+//!   covers TLS, protocol detection, the HTTP/2 preface and slowloris
+//!   dripping; the limit is
 //!   enforced within 1.25× of it for the first head (measured from accept) and
 //!   1.5× for later ones (detection waits for a tick).
 //! * **Idleness** — no reads and no requests for `idle_timeout`: the connection

@@ -259,7 +259,8 @@ async fn empty_data_flood_is_bounded() {
 const WINDOW_UPDATE: u8 = 8;
 
 /// Reads frames until `done` says so (bounded); returns what was read.
-async fn read_until<R: tokio::io::AsyncRead + Unpin>(
+/// Reads frames until `done` says so (within the cap); all of them.
+pub async fn read_until<R: tokio::io::AsyncRead + Unpin>(
     r: &mut R,
     mut done: impl FnMut(&Frame) -> bool,
 ) -> Vec<Frame> {
