@@ -53,6 +53,8 @@ pub struct AppConfig {
     pub trusted_proxies: TrustedProxies,
     /// `--forward-auth-throttle-status`: 403 (default) or 429.
     pub forward_auth_throttle_status: StatusCode,
+    /// `--forward-auth-headers`: which fields describe the original request.
+    pub forward_auth_dialect: forward_auth::Dialect,
     /// Serve `/openapi.json` (`--openapi off` removes it).
     pub openapi: bool,
     /// Gateway mode (`--upstream`): pass requests on to this service.
@@ -74,6 +76,7 @@ impl Default for AppConfig {
             metrics: true,
             trusted_proxies: TrustedProxies::default(),
             forward_auth_throttle_status: StatusCode::FORBIDDEN,
+            forward_auth_dialect: forward_auth::Dialect::Auto,
             openapi: true,
             gateway: None,
             admin_listener: false,
@@ -158,6 +161,7 @@ pub struct App {
     guard: Guard,
     responses: Responses,
     forward: forward_auth::Answers,
+    forward_dialect: forward_auth::Dialect,
     trusted: TrustedProxies,
     gateway: Option<Gateway>,
     /// `--admin-listen`: the main listener passes even tokengate's own paths on.
@@ -231,6 +235,7 @@ impl App {
                 &config.token_header,
                 config.forward_auth_throttle_status,
             ),
+            forward_dialect: config.forward_auth_dialect,
             trusted: config.trusted_proxies.clone(),
             gateway: config.gateway.as_ref().map(Gateway::new),
             admin_listener: config.admin_listener,
@@ -526,7 +531,8 @@ impl App {
             client,
             original: None,
         };
-        let Some(original) = forward_auth::original(req, route.route.path) else {
+        let Some(original) = forward_auth::original(req, route.route.path, self.forward_dialect)
+        else {
             return answer;
         };
         let metrics = self.metrics_on.then_some(&self.metrics);

@@ -1,10 +1,19 @@
 //! The client address: the peer, or — only when the peer is a trusted proxy
 //! (`--trusted-proxies`) — the address the proxy says it serves.
 //!
-//! The right-most `X-Forwarded-For` entry that is not itself a trusted proxy
-//! is the client (every proxy appends the address it saw; entries left of an
-//! untrusted hop could have been written by the client). Without a usable
-//! entry, `X-Real-IP`; else the peer. An untrusted peer's headers are never
+//! One field is read, the one the operator names (`--client-address-header`,
+//! like nginx's `real_ip_header`), never another as a fallback: a proxy that
+//! overwrites only `X-Real-IP` passes a client's own `X-Forwarded-For` on, so
+//! falling back from one to the other would let the client choose.
+//!
+//! * `X-Forwarded-For`: the right-most entry that is not itself a trusted
+//!   proxy is the client (every proxy appends the address it saw; entries
+//!   left of an untrusted hop could have been written by the client). Fields
+//!   are split as bytes, so a byte that is not text left of that entry
+//!   changes nothing.
+//! * `X-Real-IP`: exactly one address.
+//!
+//! Without a usable entry, the peer. An untrusted peer's headers are never
 //! read, so it cannot choose its address.
 
 use std::net::IpAddr;
@@ -15,9 +24,13 @@ use ipnet::IpNet;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// `--trusted-proxies`: the networks whose forwarding headers are believed.
+/// `--trusted-proxies`: the networks whose client-address field is
+/// believed, and which field that is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+    real_ip: bool,
+}
 
 /// Why `--trusted-proxies` cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,24 +51,34 @@ impl TrustedProxies {
             };
             nets.push(net);
         }
-        Ok(TrustedProxies(nets))
+        Ok(TrustedProxies {
+            nets,
+            real_ip: false,
+        })
+    }
+
+    /// Reads `X-Real-IP` instead of `X-Forwarded-For`
+    /// (`--client-address-header x-real-ip`).
+    pub fn reading_real_ip(mut self, real_ip: bool) -> Self {
+        self.real_ip = real_ip;
+        self
     }
 
     /// No proxy is trusted.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.nets.is_empty()
     }
 
     /// Whether `ip` is a trusted proxy (IPv4-mapped IPv6 counts as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.0.iter().any(|net| net.contains(&ip))
+        self.nets.iter().any(|net| net.contains(&ip))
     }
 
     /// The client address of a request from `peer` with `headers`.
     #[inline]
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        if self.0.is_empty() || !self.contains(peer) {
+        if self.nets.is_empty() || !self.contains(peer) {
             return peer;
         }
         self.forwarded(headers).unwrap_or(peer)
@@ -63,13 +86,17 @@ impl TrustedProxies {
 
     #[cold]
     fn forwarded(&self, headers: &HeaderMap) -> Option<IpAddr> {
+        if self.real_ip {
+            let mut real = headers.get_all(X_REAL_IP).iter();
+            return match (real.next(), real.next()) {
+                (Some(v), None) => v.to_str().ok().and_then(parse_entry).map(canonical),
+                _ => None,
+            };
+        }
         // Every X-Forwarded-For field, last first; entries right to left.
         for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
-            let Ok(field) = value.to_str() else {
-                return None;
-            };
-            for entry in field.rsplit(',') {
-                match parse_entry(entry) {
+            for entry in value.as_bytes().rsplit(|&b| b == b',') {
+                match std::str::from_utf8(entry).ok().and_then(parse_entry) {
                     Some(ip) if self.contains(ip) => continue,
                     Some(ip) => return Some(canonical(ip)),
                     // An entry we cannot read: nothing left of it can be trusted.
@@ -77,11 +104,7 @@ impl TrustedProxies {
                 }
             }
         }
-        let mut real = headers.get_all(X_REAL_IP).iter();
-        match (real.next(), real.next()) {
-            (Some(v), None) => v.to_str().ok().and_then(parse_entry).map(canonical),
-            _ => None,
-        }
+        None
     }
 }
 
@@ -151,13 +174,38 @@ mod tests {
         assert_eq!(t.client(peer, &h), ip("1.2.3.4"));
         let h = headers(&[("x-forwarded-for", "[2001:db8::1]:80")]);
         assert_eq!(t.client(peer, &h), ip("2001:db8::1"));
-        // All trusted: X-Real-IP, then the peer.
+        // All trusted: the peer; X-Real-IP is not a fallback.
         let h = headers(&[("x-forwarded-for", "10.9.9.9"), ("x-real-ip", "7.7.7.7")]);
-        assert_eq!(t.client(peer, &h), ip("7.7.7.7"));
+        assert_eq!(t.client(peer, &h), peer);
         assert_eq!(t.client(peer, &headers(&[])), peer);
         // Garbage stops the walk.
         let h = headers(&[("x-forwarded-for", "6.6.6.6, junk, 10.2.2.2")]);
         assert_eq!(t.client(peer, &h), peer);
+        // A byte that is not text left of the client's entry changes nothing.
+        let mut h = HeaderMap::new();
+        h.append(
+            X_FORWARDED_FOR,
+            http::HeaderValue::from_bytes(b"\xff\xfe, 1.2.3.4, 10.2.2.2").unwrap(),
+        );
+        assert_eq!(t.client(peer, &h), ip("1.2.3.4"));
+    }
+
+    #[test]
+    fn one_field_is_read_never_the_other() {
+        let xff = TrustedProxies::parse("10.0.0.0/8").unwrap();
+        let real = xff.clone().reading_real_ip(true);
+        let peer = ip("10.1.1.1");
+        // A proxy that overwrites X-Real-IP and passes the client's XFF on.
+        let h = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-real-ip", "1.2.3.4")]);
+        assert_eq!(real.client(peer, &h), ip("1.2.3.4"));
+        assert_eq!(xff.client(peer, &h), ip("6.6.6.6"));
+        // No fallback either way.
+        let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
+        assert_eq!(real.client(peer, &h), peer);
+        let h = headers(&[("x-real-ip", "1.2.3.4")]);
+        assert_eq!(xff.client(peer, &h), peer);
+        let h = headers(&[("x-real-ip", "1.2.3.4"), ("x-real-ip", "5.6.7.8")]);
+        assert_eq!(real.client(peer, &h), peer);
     }
 
     #[test]

@@ -6,16 +6,20 @@
 //! describe the request being authorised — "the original request" — in
 //! headers, or (Envoy) by appending its path to ours:
 //!
-//! * method: `X-Forwarded-Method`, else `X-Original-Method`, else the
+//! * method: `X-Forwarded-Method` or `X-Original-Method`, else the
 //!   request's own method (Envoy sends the original method);
-//! * URI: `X-Forwarded-Uri`, else `X-Original-URI`, else the path and query of
-//!   `X-Original-URL`, else what follows `/auth/verify` in our own path (empty
+//! * URI: `X-Forwarded-Uri`, `X-Original-URI`, the path and query of
+//!   `X-Original-URL`, or what follows `/auth/verify` in our own path (empty
 //!   means `/`).
 //!
-//! The path is percent-normalised as routing does; the query is dropped. A
-//! header given twice, or a method that is not a method, makes the original
-//! request unknowable: 403, never a 5xx (Envoy with `failure_mode_allow`
-//! lets a 5xx through; nginx turns anything but 401/403 into a 500).
+//! Which of them are read is the [`Dialect`] (`--forward-auth-headers`): by
+//! default any one, and a request carrying two descriptions is refused, since
+//! a client can add a field the proxy does not overwrite. The path must pass
+//! [`crate::path`]'s rule and is percent-normalised as routing does; the
+//! query is dropped, a `#` refused. A header given twice, or a method that
+//! is not a method, makes the original request unknowable: 403, never a 5xx
+//! (Envoy with `failure_mode_allow` lets a 5xx through; nginx turns anything
+//! but 401/403 into a 500).
 
 use std::borrow::Cow;
 
@@ -42,11 +46,35 @@ const ENVOY_REMOVE: HeaderName = HeaderName::from_static("x-envoy-auth-headers-t
 const REASON: HeaderName = HeaderName::from_static("x-tokengate-reason");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
-/// The original request of `req`, served on `mount` (`/auth/verify`).
-/// `None` when its headers contradict themselves or one is malformed (every
-/// forwarding header present must be well-formed, even one that a header of
-/// higher precedence overrides: a malformed one means something is off).
-pub fn original<'a, B>(req: &'a Request<B>, mount: &str) -> Option<Original<'a>> {
+/// Which proxy's fields describe the original request
+/// (`--forward-auth-headers`). A client can add a field to the auth request,
+/// never remove the proxy's: reading only the deployed proxy's fields (or,
+/// with `auto`, refusing a request that carries more than one description)
+/// means an added one cannot change what is authorised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dialect {
+    /// Every form below is understood, but a request with more than one
+    /// method source or more than one URI source (a header beside another,
+    /// or beside a path after the mount) is refused.
+    #[default]
+    Auto,
+    /// `X-Original-Method` and `X-Original-URI`, both required (the shipped
+    /// nginx and HAProxy configurations set them).
+    Original,
+    /// `X-Forwarded-Method` and `X-Forwarded-Uri`, both required (Traefik's
+    /// `ForwardAuth` and Caddy's `forward_auth` set them).
+    Forwarded,
+    /// The request's own method and the path after the mount (Envoy's HTTP
+    /// `ext_authz` with a `path_prefix`); forwarding fields are ignored.
+    Path,
+}
+
+/// The original request of `req`, served on `mount` (`/auth/verify`), as
+/// `dialect` describes it. `None` when its fields contradict themselves,
+/// one is malformed or missing, or its path is one [`crate::path`] refuses
+/// (every forwarding header present must be well-formed, even one the
+/// dialect does not read: a malformed one means something is off).
+pub fn original<'a, B>(req: &'a Request<B>, mount: &str, dialect: Dialect) -> Option<Original<'a>> {
     let found = Forwarded::scan(req.headers())?;
     let url_path = match found.original_url {
         Some(url) => Some(path_of_url(url)?),
@@ -66,23 +94,54 @@ pub fn original<'a, B>(req: &'a Request<B>, mount: &str) -> Option<Original<'a>>
     {
         return None;
     }
-    let method = match found.forwarded_method.or(found.original_method) {
+    let appended = req.uri().path().strip_prefix(mount).unwrap_or("");
+    let (method, target) = match dialect {
+        Dialect::Auto => {
+            let methods = [found.forwarded_method, found.original_method];
+            let targets = [
+                found.forwarded_uri,
+                found.original_uri,
+                url_path,
+                (!appended.is_empty()).then_some(appended),
+            ];
+            let method = one_of(methods)?;
+            let target = one_of(targets)?.unwrap_or("/");
+            (method, target)
+        }
+        Dialect::Original => (Some(found.original_method?), found.original_uri?),
+        Dialect::Forwarded => (Some(found.forwarded_method?), found.forwarded_uri?),
+        Dialect::Path => (None, if appended.is_empty() { "/" } else { appended }),
+    };
+    let method = match method {
         Some(value) => Method::from_bytes(value.as_bytes()).ok()?,
         None => req.method().clone(),
     };
-    let target = match found.forwarded_uri.or(found.original_uri).or(url_path) {
-        Some(target) => target,
-        None => {
-            let rest = req.uri().path().strip_prefix(mount).unwrap_or("");
-            if rest.is_empty() { "/" } else { rest }
-        }
-    };
-    let path = target.split(['?', '#']).next().unwrap_or("");
+    // A fragment is never part of a request target: a proxy that forwards
+    // `/reports/x#/../../admin` as it came would hand the upstream a path
+    // this check never saw.
+    if target.contains('#') {
+        return None;
+    }
+    let path = target.split('?').next().unwrap_or("");
     let path = if path.is_empty() { "/" } else { path };
+    if !crate::path::is_safe(path) {
+        return None;
+    }
     Some(Original {
         method,
         path: normalize(path),
     })
+}
+
+/// The one value among `sources` that are present: `Some(None)` when none
+/// is, `None` when more than one is.
+fn one_of<'h, const N: usize>(sources: [Option<&'h str>; N]) -> Option<Option<&'h str>> {
+    let mut present = sources.into_iter().flatten();
+    match (present.next(), present.next()) {
+        (first, None) => Some(first),
+        (Some(_), Some(_)) => None,
+        (None, Some(_)) => None,
+    }
 }
 
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
@@ -224,19 +283,21 @@ mod tests {
     }
 
     fn orig(r: &Request<()>) -> Option<(Method, String)> {
-        original(r, "/auth/verify").map(|o| (o.method, o.path.into_owned()))
+        orig_as(r, Dialect::Auto)
+    }
+
+    fn orig_as(r: &Request<()>, dialect: Dialect) -> Option<(Method, String)> {
+        original(r, "/auth/verify", dialect).map(|o| (o.method, o.path.into_owned()))
     }
 
     #[test]
-    fn header_precedence() {
+    fn one_description_is_read() {
         let r = req(
             Method::GET,
             "/auth/verify",
             &[
                 ("x-forwarded-method", "POST"),
-                ("x-original-method", "PUT"),
                 ("x-forwarded-uri", "/a/b?secret=1"),
-                ("x-original-uri", "/c"),
             ],
         );
         assert_eq!(orig(&r), Some((Method::POST, "/a/b".into())));
@@ -252,6 +313,88 @@ mod tests {
             &[("x-original-url", "https://api.example:8443/r/%70?x=1")],
         );
         assert_eq!(orig(&r), Some((Method::GET, "/r/p".into())));
+    }
+
+    #[test]
+    fn two_descriptions_are_refused_by_auto() {
+        // What a client adds beside nginx's X-Original-*: either pair alone
+        // would be read, together they are unknowable.
+        let nginx = [
+            ("x-original-method", "DELETE"),
+            ("x-original-uri", "/admin/secret"),
+        ];
+        for extra in [
+            ("x-forwarded-uri", "/reports/x"),
+            ("x-forwarded-method", "GET"),
+            ("x-original-url", "http://h/reports/x"),
+        ] {
+            let r = req(Method::GET, "/auth/verify", &[nginx[0], nginx[1], extra]);
+            assert_eq!(orig(&r), None, "{extra:?}");
+        }
+        // A header beside Envoy's appended path.
+        let r = req(
+            Method::GET,
+            "/auth/verify/admin",
+            &[("x-forwarded-uri", "/reports/x")],
+        );
+        assert_eq!(orig(&r), None);
+    }
+
+    #[test]
+    fn a_named_dialect_reads_only_its_fields() {
+        let r = req(
+            Method::GET,
+            "/auth/verify",
+            &[
+                ("x-original-method", "DELETE"),
+                ("x-original-uri", "/admin/secret"),
+                ("x-forwarded-method", "GET"),
+                ("x-forwarded-uri", "/reports/x"),
+            ],
+        );
+        assert_eq!(
+            orig_as(&r, Dialect::Original),
+            Some((Method::DELETE, "/admin/secret".into()))
+        );
+        assert_eq!(
+            orig_as(&r, Dialect::Forwarded),
+            Some((Method::GET, "/reports/x".into()))
+        );
+        let r = req(
+            Method::DELETE,
+            "/auth/verify/admin",
+            &[("x-forwarded-uri", "/reports/x")],
+        );
+        assert_eq!(
+            orig_as(&r, Dialect::Path),
+            Some((Method::DELETE, "/admin".into()))
+        );
+        // The dialect's fields are required.
+        let r = req(Method::GET, "/auth/verify", &[("x-original-uri", "/a")]);
+        assert_eq!(orig_as(&r, Dialect::Original), None);
+        assert_eq!(orig_as(&r, Dialect::Forwarded), None);
+    }
+
+    #[test]
+    fn fragments_and_unsafe_paths_are_unknowable() {
+        for uri in [
+            "/reports/x#/../../admin/secret",
+            "/reports/../admin",
+            "/reports/%2e%2e/admin",
+            "/reports/..%2fadmin",
+            "/reports/..;/admin",
+            "/reports/%00",
+            "/reports/%c0%ae%c0%ae/admin",
+        ] {
+            let r = req(
+                Method::GET,
+                "/auth/verify",
+                &[("x-original-method", "GET"), ("x-original-uri", uri)],
+            );
+            assert_eq!(orig(&r), None, "{uri}");
+        }
+        let r = req(Method::GET, "/auth/verify/reports/%2e%2e/admin", &[]);
+        assert_eq!(orig(&r), None);
     }
 
     #[test]

@@ -19,8 +19,8 @@ pub enum HeadProblem {
     UriTooLong,
     /// Too many header fields, or too many bytes of them: 431.
     HeaderFieldsTooLarge,
-    /// Missing or repeated `Host`, or a target in a form the method does not
-    /// allow (`GET public`, `GET *`): 400.
+    /// Missing or repeated `Host`, a target in a form the method does not
+    /// allow (`GET public`, `GET *`), or a path [`crate::path`] refuses: 400.
     BadRequest,
     /// `CONNECT`: no route tunnels, so 405.
     Connect,
@@ -59,6 +59,10 @@ pub fn check<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), HeadPro
     let origin_or_absolute = path.starts_with('/') || (uri.scheme().is_some() && path.is_empty());
     let asterisk = path == "*" && req.method() == Method::OPTIONS;
     if !(origin_or_absolute || asterisk) {
+        return Err(HeadProblem::BadRequest);
+    }
+    // Dot segments, escaped separators and the rest of `crate::path`'s list.
+    if !asterisk && !crate::path::is_safe(path) {
         return Err(HeadProblem::BadRequest);
     }
     Ok(())

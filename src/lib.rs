@@ -37,6 +37,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod metrics;
 pub mod openapi;
+mod path;
 pub mod reload;
 pub mod responses;
 pub mod routes;

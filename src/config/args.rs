@@ -150,6 +150,34 @@ pub struct Args {
     )]
     pub public: Vec<String>,
 
+    /// Gateway mode: the protocols a client may upgrade to, comma-separated, or none; h2c is refused.
+    #[arg(
+        long,
+        env = "TOKENGATE_UPGRADE_PROTOCOLS",
+        default_value = "websocket",
+        value_name = "PROTOCOLS"
+    )]
+    pub upgrade_protocols: String,
+
+    /// Gateway mode: pass request fields whose name holds `_` (stripped by default: CGI, WSGI and
+    /// Rack read `X_Auth_Key_Label` as `X-Auth-Key-Label`).
+    #[arg(
+        long,
+        env = "TOKENGATE_ALLOW_UNDERSCORE_HEADERS",
+        requires = "upstream"
+    )]
+    pub allow_underscore_headers: bool,
+
+    /// Gateway mode: the only hosts (Host / :authority, with the port if one is sent) passed on,
+    /// comma-separated; another host is a 400.
+    #[arg(
+        long,
+        env = "TOKENGATE_ALLOWED_HOSTS",
+        value_name = "HOSTS",
+        requires = "upstream"
+    )]
+    pub allowed_hosts: Option<String>,
+
     /// Serve the OpenAPI document at /openapi.json: on or off.
     #[arg(long, env = "TOKENGATE_OPENAPI", value_enum, default_value_t = Switch::On)]
     pub openapi: Switch,
@@ -179,7 +207,7 @@ pub struct Args {
     )]
     pub tls_cert: Option<PathBuf>,
 
-    /// Proxies whose X-Forwarded-For / X-Real-IP are believed: CIDR[,CIDR…] (default none).
+    /// Proxies whose --client-address-header is believed: CIDR[,CIDR…] (default none).
     #[arg(
         long,
         env = "TOKENGATE_TRUSTED_PROXIES",
@@ -187,6 +215,15 @@ pub struct Args {
         value_name = "CIDRS"
     )]
     pub trusted_proxies: String,
+
+    /// The one field a trusted proxy's client address is read from (no fallback to another).
+    #[arg(
+        long,
+        env = "TOKENGATE_CLIENT_ADDRESS_HEADER",
+        value_enum,
+        default_value_t = ClientAddressHeader::XForwardedFor
+    )]
+    pub client_address_header: ClientAddressHeader,
 
     /// Status of a throttled /auth/verify answer: 403 (nginx turns others into 500) or 429.
     #[arg(
@@ -196,6 +233,16 @@ pub struct Args {
         default_value_t = ThrottleStatus::Forbidden
     )]
     pub forward_auth_throttle_status: ThrottleStatus,
+
+    /// Which proxy's fields describe the request /auth/verify decides on; auto reads any one and
+    /// refuses a request that carries two descriptions.
+    #[arg(
+        long,
+        env = "TOKENGATE_FORWARD_AUTH_HEADERS",
+        value_enum,
+        default_value_t = ForwardAuthHeaders::Auto
+    )]
+    pub forward_auth_headers: ForwardAuthHeaders,
 
     /// The PEM private key for --tls-cert.
     #[arg(
@@ -250,6 +297,34 @@ pub enum ThrottleStatus {
     /// 429: for proxies that relay it.
     #[value(name = "429")]
     TooManyRequests,
+}
+
+/// `--client-address-header`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClientAddressHeader {
+    /// `X-Forwarded-For`, read right to left past trusted proxies.
+    #[value(name = "x-forwarded-for")]
+    XForwardedFor,
+    /// `X-Real-IP`: one address.
+    #[value(name = "x-real-ip")]
+    XRealIp,
+}
+
+/// `--forward-auth-headers`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ForwardAuthHeaders {
+    /// Any one description; two of them: 403 `bad-original-request`.
+    Auto,
+    /// `X-Original-Method` and `X-Original-URI` (the shipped nginx.conf).
+    Nginx,
+    /// `X-Original-Method` and `X-Original-URI` (the shipped haproxy.cfg).
+    Haproxy,
+    /// `X-Forwarded-Method` and `X-Forwarded-Uri`.
+    Traefik,
+    /// `X-Forwarded-Method` and `X-Forwarded-Uri`.
+    Caddy,
+    /// The request's method and the path after `/auth/verify`.
+    Envoy,
 }
 
 /// An `on|off` flag value.

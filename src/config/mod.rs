@@ -14,11 +14,14 @@ use std::num::NonZeroU32;
 use http::{HeaderName, StatusCode};
 
 pub use args::{
-    Args, Command, LogFormat, Switch, ThrottleStatus, parse_duration, parse_duration_or_zero,
+    Args, ClientAddressHeader, Command, ForwardAuthHeaders, LogFormat, Switch, ThrottleStatus,
+    parse_duration, parse_duration_or_zero,
 };
 
 use crate::app::AppConfig;
 use crate::client::{BadNetwork, TrustedProxies};
+use crate::forward_auth::Dialect;
+use crate::gateway::upgrade::{BadProtocol, Upgrades};
 use crate::gateway::upstream::{Upstream, UpstreamError};
 use crate::gateway::{CaError, GatewayConfig, load_ca, parse_public};
 use crate::keys::ScopeProblem;
@@ -79,6 +82,12 @@ pub enum ConfigError {
     /// A `--public` rule is malformed.
     #[error("--public {0:?}: {1}")]
     Public(String, ScopeProblem),
+    /// `--upgrade-protocols` names h2c or something that is not a protocol.
+    #[error("--upgrade-protocols: {0}")]
+    UpgradeProtocols(BadProtocol),
+    /// An `--allowed-hosts` entry is not a host.
+    #[error("--allowed-hosts {0:?}: not a host[:port]")]
+    AllowedHosts(String),
     /// The realm cannot go into a header.
     #[error("--realm {0:?}: {1}")]
     Realm(String, InvalidRealm),
@@ -109,12 +118,33 @@ fn gateway(args: &Args) -> Result<Option<GatewayConfig>, ConfigError> {
         .filter(|r| !r.trim().is_empty())
         .map(|r| parse_public(r.trim()).map_err(|p| ConfigError::Public(r.clone(), p)))
         .collect::<Result<_, _>>()?;
+    let upgrades =
+        Upgrades::parse(&args.upgrade_protocols).map_err(ConfigError::UpgradeProtocols)?;
+    let allowed_hosts = match &args.allowed_hosts {
+        None => None,
+        Some(list) => Some(
+            list.split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(|h| {
+                    http::uri::Authority::try_from(h)
+                        .ok()
+                        .filter(|a| a.as_str() == h && !h.contains('@'))
+                        .map(|_| h.to_ascii_lowercase())
+                        .ok_or_else(|| ConfigError::AllowedHosts(h.to_owned()))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
     Ok(Some(GatewayConfig {
         upstream_host,
         timeout: args.upstream_timeout,
         ca,
         http2: args.upstream_http2,
         public,
+        upgrades,
+        underscore_headers: args.allow_underscore_headers,
+        allowed_hosts,
         ..GatewayConfig::new(upstream)
     }))
 }
@@ -155,10 +185,17 @@ impl Config {
             gateway: gateway(args)?,
             admin_listener: args.admin_listen.is_some(),
             trusted_proxies: TrustedProxies::parse(&args.trusted_proxies)
-                .map_err(ConfigError::TrustedProxies)?,
+                .map_err(ConfigError::TrustedProxies)?
+                .reading_real_ip(args.client_address_header == ClientAddressHeader::XRealIp),
             forward_auth_throttle_status: match args.forward_auth_throttle_status {
                 ThrottleStatus::Forbidden => StatusCode::FORBIDDEN,
                 ThrottleStatus::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            },
+            forward_auth_dialect: match args.forward_auth_headers {
+                ForwardAuthHeaders::Auto => Dialect::Auto,
+                ForwardAuthHeaders::Nginx | ForwardAuthHeaders::Haproxy => Dialect::Original,
+                ForwardAuthHeaders::Traefik | ForwardAuthHeaders::Caddy => Dialect::Forwarded,
+                ForwardAuthHeaders::Envoy => Dialect::Path,
             },
         };
         Ok(Config {

@@ -22,6 +22,7 @@ pub mod headers;
 pub mod pool;
 pub mod proxy;
 pub mod tunnels;
+pub mod upgrade;
 pub mod upstream;
 
 use std::path::Path;
@@ -32,6 +33,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::keys::Scope;
+use upgrade::Upgrades;
 use upstream::Upstream;
 
 /// The validated gateway settings (`--upstream` and its companions).
@@ -49,6 +51,12 @@ pub struct GatewayConfig {
     pub http2: bool,
     /// `--public [METHODS:]PATTERN`: paths passed on without a key.
     pub public: Vec<Scope>,
+    /// `--upgrade-protocols`: what a client may upgrade to (default `websocket`).
+    pub upgrades: Upgrades,
+    /// `--allow-underscore-headers`: request fields named with `_` pass.
+    pub underscore_headers: bool,
+    /// `--allowed-hosts`, lower case: the only hosts passed on (`None`: any).
+    pub allowed_hosts: Option<Vec<String>>,
     /// How long a pooled HTTP/1.1 connection must have been idle for an
     /// idempotent request without a body sent on it to keep a copy of its
     /// head, to be sent again if the upstream closes it unanswered
@@ -68,6 +76,9 @@ impl GatewayConfig {
             ca: Vec::new(),
             http2: false,
             public: Vec::new(),
+            upgrades: Upgrades::default(),
+            underscore_headers: false,
+            allowed_hosts: None,
             resend_if_idle: pool::RESEND_IF_IDLE,
         }
     }

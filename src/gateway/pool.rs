@@ -301,6 +301,12 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// Closes the connection instead of putting it back (the upstream
+    /// answered in a way that leaves it unusable: a 101 refused).
+    pub fn discard(mut self) {
+        self.conn = None;
+    }
+
     fn drive(&mut self, cx: &mut Context<'_>) {
         if let Some(conn) = &mut self.conn
             && !conn.drive(cx)

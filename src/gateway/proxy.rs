@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, HOST, UPGRADE};
+use http::header::HOST;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -25,6 +25,7 @@ use super::GatewayConfig;
 use super::headers::{Hop, for_client, for_upstream};
 use super::pool::{self, Lease, Pool, UpstreamBody};
 use super::tunnels::Tunnels;
+use super::upgrade::{Expected, Upgrades};
 use super::upstream::Upstream;
 use crate::keys::Scope;
 use crate::metrics::{Metrics, UpstreamError};
@@ -52,6 +53,7 @@ pub struct Gateway {
     /// The `Host` for a request that came without one (HTTP/1.0).
     default_host: Option<HeaderValue>,
     public: Vec<Scope>,
+    upgrades: Upgrades,
     tunnels: Arc<Tunnels>,
 }
 
@@ -131,6 +133,7 @@ impl Gateway {
             upstream_host: config.upstream_host.clone(),
             default_host: config.upstream.host_header(),
             public: config.public.clone(),
+            upgrades: config.upgrades.clone(),
             tunnels: Arc::default(),
         }
     }
@@ -155,7 +158,14 @@ impl Gateway {
         token_header: &http::HeaderName,
     ) -> Prepared {
         let client_h2 = req.version() == Version::HTTP_2;
-        let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
+        // Only an allowed protocol, asked for well-formed, is passed as an
+        // upgrade; any other `Upgrade` is stripped as the hop-by-hop field
+        // it is ([`super::upgrade`]).
+        let expected = match req.version() {
+            Version::HTTP_11 => self.upgrades.requested(req.headers()).map(Box::new),
+            _ => None,
+        };
+        let upgrade = expected.is_some();
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // A clone of the client's `Host` shares its bytes; only HTTP/2's
         // `:authority` is copied into a header value.
@@ -214,6 +224,7 @@ impl Gateway {
         Prepared {
             request: Request::from_parts(parts, body),
             client_upgrade,
+            expected,
             client_h2,
             start: hop.start,
         }
@@ -226,6 +237,7 @@ impl Gateway {
         let Prepared {
             request,
             client_upgrade,
+            expected,
             client_h2,
             start: started,
         } = prepared;
@@ -241,6 +253,7 @@ impl Gateway {
             response: tokio::time::timeout_at((started + self.timeout).into(), exchange),
             rest: Some(Rest {
                 client_upgrade,
+                expected,
                 client_h2,
                 started,
             }),
@@ -263,6 +276,7 @@ impl Gateway {
             rest:
                 Rest {
                     client_upgrade,
+                    expected,
                     client_h2,
                     started,
                 },
@@ -296,10 +310,20 @@ impl Gateway {
             m.upstream_answered(response.status(), now.saturating_duration_since(started));
         }
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        for_client(
-            response.headers_mut(),
-            client_upgrade.is_some() && switching,
-        );
+        if switching
+            && !(client_upgrade.is_some()
+                && expected.is_some_and(|e| e.answered_by(response.headers())))
+        {
+            // A 101 that does not answer an allowed upgrade of this request
+            // (or reaches an HTTP/2 client): no tunnel, and the connection,
+            // which the upstream now considers switched, is not reused.
+            warn!(upstream = %self.upstream.authority(), "upstream answered 101 to a request it could not switch; 502");
+            if let Some(lease) = lease {
+                lease.discard();
+            }
+            return responses.bad_gateway.respond(false).map(Either::Left);
+        }
+        for_client(response.headers_mut(), switching);
         if client_h2 {
             unpin_values(response.headers_mut());
         }
@@ -394,6 +418,8 @@ pub struct Answered {
 /// What crosses the wait for the upstream besides its response.
 struct Rest {
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// What the 101 must say to open a tunnel (boxed: upgrades are rare).
+    expected: Option<Box<Expected>>,
     client_h2: bool,
     started: Instant,
 }
@@ -417,6 +443,7 @@ impl Future for Sending {
 pub struct Prepared {
     request: Request<Incoming>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    expected: Option<Box<Expected>>,
     client_h2: bool,
     /// When tokengate started on the request.
     start: Instant,
@@ -439,16 +466,6 @@ fn unpin_values(headers: &mut http::HeaderMap) {
             *value = owned;
         }
     }
-}
-
-fn wants_upgrade(headers: &http::HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
-        && headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 #[cfg(test)]
