@@ -2,6 +2,7 @@
 //! head limits, route match, guard, response — and around it the timing,
 //! the metrics and the access log.
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -293,6 +294,17 @@ impl App {
         {
             return Step::Respond(self.handle(req, peer));
         }
+        if !gateway.host_allowed(req) {
+            let response = self
+                .responses
+                .bad_request
+                .respond(req.method() == Method::HEAD);
+            if self.metrics_on {
+                self.metrics
+                    .record(self.other, response.status(), Duration::ZERO);
+            }
+            return Step::Respond(response);
+        }
         let start = Instant::now();
         let head = req.method() == Method::HEAD;
         let client = self.trusted.client(peer, req.headers());
@@ -410,7 +422,7 @@ impl App {
                 client = %client,
                 upstream = true,
                 method = %method,
-                path = %path,
+                path = %Escaped(&path),
                 protocol = ?version,
                 status = response.status().as_u16(),
                 bytes = %bytes,
@@ -613,9 +625,9 @@ impl App {
             peer = %peer,
             client = %answer.client,
             original_method = %original_method,
-            original_path = %original_path,
+            original_path = %Escaped(original_path),
             method = %req.method(),
-            path = %req.uri().path(),
+            path = %Escaped(req.uri().path()),
             protocol = ?req.version(),
             status = answer.response.status().as_u16(),
             bytes,
@@ -625,11 +637,46 @@ impl App {
     }
 }
 
+/// A client-supplied field as a log line may hold it: visible ASCII as it
+/// is, `\`, `"`, the space and every other byte as `\xNN`, so a
+/// path cannot end a field, start a line (`\n`, U+2028) or pose as another
+/// field (`status=200`) in the text format.
+struct Escaped<'a>(&'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = self.0.as_bytes();
+        if bytes
+            .iter()
+            .all(|&b| b.is_ascii_graphic() && b != b'\\' && b != b'"')
+        {
+            return f.write_str(self.0);
+        }
+        for &b in bytes {
+            if b.is_ascii_graphic() && b != b'\\' && b != b'"' {
+                f.write_char(char::from(b))?;
+            } else {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::routes::GET_HEAD;
+
+    #[test]
+    fn logged_fields_are_escaped() {
+        assert_eq!(Escaped("/public?x").to_string(), "/public?x");
+        assert_eq!(
+            Escaped("/a\u{2028}status=200 \"x\\\n\u{e9}").to_string(),
+            "/a\\xe2\\x80\\xa8status=200\\x20\\x22x\\x5c\\x0a\\xc3\\xa9"
+        );
+    }
     use http::StatusCode;
     use std::net::Ipv4Addr;
 

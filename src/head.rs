@@ -19,7 +19,8 @@ pub enum HeadProblem {
     UriTooLong,
     /// Too many header fields, or too many bytes of them: 431.
     HeaderFieldsTooLarge,
-    /// Missing or repeated `Host`, a target in a form the method does not
+    /// Missing or repeated `Host`, a `Host` that is not the target's or
+    /// `:authority`'s authority, a target in a form the method does not
     /// allow (`GET public`, `GET *`), or a path [`crate::path`] refuses: 400.
     BadRequest,
     /// `CONNECT`: no route tunnels, so 405.
@@ -40,9 +41,13 @@ pub fn check<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), HeadPro
     // One pass: total header bytes, and the `Host` fields (HTTP/1 only).
     let mut bytes = 0usize;
     let mut hosts = 0usize;
+    let mut host = None;
     for (name, value) in headers {
         bytes += name.as_str().len() + value.len() + 4;
-        hosts += usize::from(name == HOST);
+        if name == HOST {
+            hosts += 1;
+            host = Some(value);
+        }
     }
     if bytes > max_header_bytes {
         return Err(HeadProblem::HeaderFieldsTooLarge);
@@ -52,6 +57,18 @@ pub fn check<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), HeadPro
     }
     if req.method() == Method::CONNECT {
         return Err(HeadProblem::Connect);
+    }
+    // HTTP/2's `:authority` or an absolute-form target's authority is the
+    // request's host (RFC 9113 §8.3.1, RFC 9112 §3.2.2); a `Host` beside it
+    // that names another would let the upstream route by what was not
+    // checked.
+    if let (Some(authority), Some(host)) = (uri.authority(), host)
+        && !authority
+            .as_str()
+            .as_bytes()
+            .eq_ignore_ascii_case(host.as_bytes())
+    {
+        return Err(HeadProblem::BadRequest);
     }
     // Origin-form (`/path`) or absolute-form (`http://host/path`) only:
     // authority-form (`public`) belongs to CONNECT, asterisk-form to OPTIONS.
@@ -113,6 +130,32 @@ mod tests {
         assert_eq!(ok(Method::GET, "public"), Err(HeadProblem::BadRequest));
         assert_eq!(ok(Method::GET, "*"), Err(HeadProblem::BadRequest));
         assert_eq!(ok(Method::CONNECT, "host:443"), Err(HeadProblem::Connect));
+    }
+
+    #[test]
+    fn host_must_be_the_authority() {
+        let ok = |target: &str, host: &str| {
+            let r = Request::get(target).header(HOST, host).body(()).unwrap();
+            check(&r, DEFAULT_MAX_HEADER_BYTES)
+        };
+        assert_eq!(ok("http://api.example/x", "API.example"), Ok(()));
+        assert_eq!(
+            ok("http://api.example/x", "evil.example"),
+            Err(HeadProblem::BadRequest)
+        );
+        assert_eq!(
+            ok("http://api.example:8080/x", "api.example"),
+            Err(HeadProblem::BadRequest)
+        );
+        let mut h2 = Request::get("https://api.example/x")
+            .header(HOST, "evil")
+            .body(())
+            .unwrap();
+        *h2.version_mut() = Version::HTTP_2;
+        assert_eq!(
+            check(&h2, DEFAULT_MAX_HEADER_BYTES),
+            Err(HeadProblem::BadRequest)
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use tokengate::config::{Args, Command, Config, LogFormat};
-use tokengate::keys::file::{TOKEN_ENV, hash_token_line};
+use tokengate::keys::file::{MIN_TOKEN_LEN, TOKEN_ENV, hash_token_line};
 use tokengate::routes::ROUTES;
 use tokengate::shutdown::Signals;
 use tokengate::tls::Tls;
@@ -33,6 +33,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if config.sources.env_key.is_some()
+        && std::env::var_os(TOKEN_ENV).is_some_and(|t| t.len() < MIN_TOKEN_LEN)
+    {
+        warn!(
+            "{TOKEN_ENV} is shorter than {MIN_TOKEN_LEN} characters: a short token can be guessed; use a longer one"
+        );
+    }
     let workers = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         usize::from,
@@ -129,6 +136,14 @@ async fn run(
         },
     };
     config.keys.warn_expiring();
+    if config.demo_key && !tokengate::config::demo_allowed(local, config.app.gateway.is_some()) {
+        // An inherited socket (systemd) that is not loopback.
+        error!(address = %local, "no key configured and the listener is not loopback");
+        eprintln!(
+            "tokengate: no key configured: set TOKENGATE_TOKEN or --token-file (the demo key is used only on a loopback address)"
+        );
+        return ExitCode::from(2);
+    }
     if config.demo_key {
         warn!(
             "no key configured (TOKENGATE_TOKEN, --token-file): using the demo key 'mysecrettoken'; do not use it in production"

@@ -88,6 +88,12 @@ pub enum ConfigError {
     /// An `--allowed-hosts` entry is not a host.
     #[error("--allowed-hosts {0:?}: not a host[:port]")]
     AllowedHosts(String),
+    /// No key is configured where the demo key would be reachable by
+    /// others: gateway mode, or a listener that is not loopback.
+    #[error(
+        "no key configured: set TOKENGATE_TOKEN or --token-file (the demo key 'mysecrettoken' is used only in standalone mode on a loopback address)"
+    )]
+    NoKey,
     /// The realm cannot go into a header.
     #[error("--realm {0:?}: {1}")]
     Realm(String, InvalidRealm),
@@ -149,6 +155,12 @@ fn gateway(args: &Args) -> Result<Option<GatewayConfig>, ConfigError> {
     }))
 }
 
+/// Whether the demo key may serve: standalone, on a loopback address (so
+/// `cargo run --release` serves the contract, and nothing else can reach it).
+pub fn demo_allowed(listen: SocketAddr, gateway: bool) -> bool {
+    !gateway && listen.ip().is_loopback()
+}
+
 impl Config {
     /// Validates parsed arguments. `env_token` is the value of `TOKENGATE_TOKEN`, if set.
     pub fn from_args(args: &Args, env_token: Option<OsString>) -> Result<Config, ConfigError> {
@@ -173,6 +185,10 @@ impl Config {
         };
         let realm =
             Realm::new(&args.realm).map_err(|e| ConfigError::Realm(args.realm.clone(), e))?;
+        let gateway = gateway(args)?;
+        if demo_key && !demo_allowed(args.listen, gateway.is_some()) {
+            return Err(ConfigError::NoKey);
+        }
         let app = AppConfig {
             token_header,
             realm,
@@ -182,7 +198,7 @@ impl Config {
             access_log: args.access_log,
             metrics: args.metrics == Switch::On,
             openapi: args.openapi == Switch::On,
-            gateway: gateway(args)?,
+            gateway,
             admin_listener: args.admin_listen.is_some(),
             trusted_proxies: TrustedProxies::parse(&args.trusted_proxies)
                 .map_err(ConfigError::TrustedProxies)?
@@ -364,16 +380,16 @@ mod tests {
         let hashed = Digest::of(b"hashed-secret").to_hex();
         let upper = Digest::of(b"upper-hex").to_hex().to_uppercase();
         let text = format!(
-            "# keys\n\nplain-secret alice\n  sha256:{hashed}   bob  \nanon-secret\nsha256:{upper}\n"
+            "# keys\n\nplain-secret-long alice\n  sha256:{hashed}   bob  \nanon-secret-long\nsha256:{upper}\n"
         );
         let path = temp_file("keys-ok", &text);
         let a = args(&["--token-file", path.to_str().unwrap()]);
         let cfg = Config::from_args(&a, Some("env-secret".into())).unwrap();
         let labels: Vec<&str> = cfg.keys.keys().iter().map(|k| k.label()).collect();
         assert_eq!(labels, ["env", "alice", "bob", "key-4", "key-5"]);
-        assert!(cfg.keys.verify(b"plain-secret").is_some());
+        assert!(cfg.keys.verify(b"plain-secret-long").is_some());
         assert!(cfg.keys.verify(b"hashed-secret").is_some());
-        assert!(cfg.keys.verify(b"anon-secret").is_some());
+        assert!(cfg.keys.verify(b"anon-secret-long").is_some());
         assert!(cfg.keys.verify(b"env-secret").is_some());
         assert!(cfg.keys.verify(b"upper-hex").is_some());
         assert!(!cfg.demo_key);
@@ -391,16 +407,18 @@ mod tests {
         let hashed = Digest::of(b"x").to_hex();
         let cases: &[(&str, usize, &str)] = &[
             (
-                "good-one\nsecret-one\nsecret-one\n",
+                "good-one-long-key\nsecret-one-long-k\nsecret-one-long-k\n",
                 3,
                 "duplicate key: the same token as line 2",
             ),
-            ("secret-one a\nsecret-two a\n", 2, "duplicate label"),
-            ("secret-one two words\n", 1, "label"),
-            ("secret-one bad|label\n", 1, "label"),
+            ("secret-one-long-k a\nsecret-two-long-k a\n", 2, "duplicate label"),
+            ("secret-one-long-k two words\n", 1, "label"),
+            ("secret-one-long-k bad|label\n", 1, "label"),
             ("sha256:abcd\n", 1, "64 hex"),
             (&format!("sha256:{}zz\n", &hashed[..62]), 1, "64 hex"),
             ("# c\nsecret-\u{e9}t\u{e9}\n", 2, "non-ASCII"),
+            // A label typed alone would be a full-access key.
+            ("good-one-long-key a\nsecret-ab\n", 2, "at least 16 characters"),
         ];
         for (i, (text, line, needle)) in cases.iter().enumerate() {
             let path = temp_file(&format!("keys-bad-{i}"), text);
@@ -419,15 +437,15 @@ mod tests {
 
     #[test]
     fn env_and_file_duplicate_is_refused() {
-        let path = temp_file("keys-dup-env", "same-secret\n");
+        let path = temp_file("keys-dup-env", "same-secret-long1\n");
         let a = args(&["--token-file", path.to_str().unwrap()]);
-        let e = Config::from_args(&a, Some("same-secret".into())).unwrap_err();
+        let e = Config::from_args(&a, Some("same-secret-long1".into())).unwrap_err();
         assert!(
             e.to_string()
                 .contains("line 1: duplicate key: the same token as TOKENGATE_TOKEN"),
             "{e}"
         );
-        assert!(!e.to_string().contains("same-secret"));
+        assert!(!e.to_string().contains("same-secret-long1"));
     }
 
     #[test]

@@ -8,9 +8,20 @@
 //! 2. The credential is removed (the token header, and `Authorization` when it
 //!    is a Bearer credential: another scheme is the upstream's business), and
 //!    so is any client-sent `x-auth-key-label`.
-//! 3. Only then are tokengate's own fields set: `x-auth-key-label` (for a
+//! 3. Fields an upstream framework reads as routing or identity are removed:
+//!    method overrides (`X-HTTP-Method-Override`, `X-HTTP-Method`,
+//!    `X-Method-Override`: Rails, Laravel, Express), URL overrides
+//!    (`X-Original-URL`, `X-Rewrite-URL`: Symfony CVE-2018-14773, Zend
+//!    ZF2018-01), `HTTP2-Settings` and `Trailer`, and every field whose name
+//!    holds `_` (CGI, WSGI and Rack fold `_` into `-`, so `X_Auth_Key_Label`
+//!    would read as the label; nginx drops them too; `--allow-underscore-headers`
+//!    keeps them). Unless the peer is a trusted proxy: `Forwarded`,
+//!    `Client-IP`, `True-Client-IP` and every `X-Forwarded-*` tokengate does
+//!    not set (`-Ssl`, `-Port`, `-Prefix`, `-Server`, …).
+//! 4. Only then are tokengate's own fields set: `x-auth-key-label` (for a
 //!    request that passed with a key), `X-Forwarded-For` (the chain kept only
-//!    from a trusted peer, the peer's address appended), `X-Forwarded-Proto`,
+//!    from a trusted peer, the peer's address appended), `X-Real-IP` (the
+//!    client address tokengate determined), `X-Forwarded-Proto`,
 //!    `X-Forwarded-Host`, and `Connection: upgrade` for an upgrade.
 
 use std::net::IpAddr;
@@ -25,14 +36,41 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Removed from every request: fields that make an upstream framework act on
+/// another method or path than the one authorised, and hop-by-hop leftovers.
+const ALWAYS_STRIPPED: [HeaderName; 7] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HTTP2_SETTINGS,
+    http::header::TRAILER,
+];
+
+/// Removed unless the peer is a trusted proxy: a client's claims about its
+/// address and the request's outer form (`X-Forwarded-*` other than the
+/// three tokengate sets are matched by prefix).
+const CLAIMS: [HeaderName; 3] = [
+    http::header::FORWARDED,
+    HeaderName::from_static("client-ip"),
+    HeaderName::from_static("true-client-ip"),
+];
 
 /// What tokengate knows about the request it passes on.
 #[derive(Debug, Clone, Copy)]
 pub struct Hop<'a> {
     /// The connecting peer.
     pub peer: IpAddr,
+    /// The client address tokengate determined (`X-Real-IP`).
+    pub client: IpAddr,
     /// Whether the peer is a trusted proxy (its `X-Forwarded-For` is kept).
     pub peer_trusted: bool,
+    /// `--allow-underscore-headers`.
+    pub underscores: bool,
     /// `http` or `https`: how the client reached tokengate.
     pub proto: &'static str,
     /// The host the client asked for (`Host`, or HTTP/2's `:authority`).
@@ -51,6 +89,9 @@ pub fn for_upstream(headers: &mut HeaderMap, hop: &Hop<'_>) {
     // request's fields (comparing names, no hashing) spares a hashed
     // `remove` for every absent one — most requests carry only the token.
     let present = Present::scan(headers, Some(hop.token_header));
+    if present.has(Present::SUSPECT) {
+        strip_suspects(headers, hop);
+    }
 
     // 1. Strip: what `Connection` names, then the hop-by-hop fields.
     if present.has(Present::CONNECTION) {
@@ -125,6 +166,11 @@ fn add_own(headers: &mut HeaderMap, hop: &Hop<'_>, present: Present) {
     if let Some(label) = hop.key_label {
         headers.insert(KEY_LABEL, label.clone());
     }
+    let mut buf = [0u8; 48];
+    let len = write_ip(&mut buf, hop.client);
+    if let Ok(real_ip) = HeaderValue::from_bytes(&buf[..len]) {
+        headers.insert(X_REAL_IP, real_ip);
+    }
     let previous: Vec<&str> = if hop.peer_trusted && present.has(Present::FORWARDED_FOR) {
         // (Empty when `Connection` named it: it was stripped above.)
         headers
@@ -186,6 +232,42 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 #[derive(Debug, Default, Clone, Copy)]
 struct Present(u16);
 
+/// Step 3: the fields that make an upstream act on something else than what
+/// was authorised (rare: a separate pass, only when the scan saw one).
+#[cold]
+fn strip_suspects(headers: &mut HeaderMap, hop: &Hop<'_>) {
+    for name in &ALWAYS_STRIPPED {
+        headers.remove(name);
+    }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            (!hop.underscores && name.as_str().contains('_'))
+                || (!hop.peer_trusted && is_claim(name))
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// A client's claim a trusted proxy may make: `Forwarded`, `Client-IP`,
+/// `True-Client-IP`, an `X-Forwarded-*` tokengate does not set.
+fn is_claim(name: &HeaderName) -> bool {
+    CLAIMS.contains(name)
+        || (name.as_str().starts_with("x-forwarded-")
+            && *name != X_FORWARDED_FOR
+            && *name != X_FORWARDED_HOST
+            && *name != X_FORWARDED_PROTO)
+}
+
+/// Whether step 3 has work on `name` (checked for every field: names compare
+/// as tags or by their bytes, no hashing).
+fn is_suspect(name: &HeaderName) -> bool {
+    ALWAYS_STRIPPED.contains(name) || is_claim(name) || name.as_str().contains('_')
+}
+
 impl Present {
     const CONNECTION: u16 = 1;
     const KEEP_ALIVE: u16 = 1 << 1;
@@ -198,6 +280,7 @@ impl Present {
     const KEY_LABEL: u16 = 1 << 8;
     const FORWARDED_FOR: u16 = 1 << 9;
     const FORWARDED_HOST: u16 = 1 << 10;
+    const SUSPECT: u16 = 1 << 11;
 
     fn scan(headers: &HeaderMap, token_header: Option<&HeaderName>) -> Self {
         let mut bits = 0;
@@ -222,6 +305,8 @@ impl Present {
                 Self::FORWARDED_FOR
             } else if name == X_FORWARDED_HOST {
                 Self::FORWARDED_HOST
+            } else if is_suspect(name) {
+                Self::SUSPECT
             } else {
                 0
             };
@@ -295,7 +380,9 @@ mod tests {
     fn hop<'a>(label: Option<&'a HeaderValue>, trusted: bool, upgrade: bool) -> Hop<'a> {
         Hop {
             peer: "192.0.2.10".parse().unwrap(),
+            client: "192.0.2.10".parse().unwrap(),
             peer_trusted: trusted,
+            underscores: false,
             proto: "https",
             host: Some(&HOST_VALUE),
             token_header: &TOKEN_HEADER,
@@ -413,9 +500,68 @@ mod tests {
                 "x-auth-key-label",
                 "x-forwarded-for",
                 "x-forwarded-host",
-                "x-forwarded-proto"
+                "x-forwarded-proto",
+                "x-real-ip"
             ]
         );
+    }
+
+    #[test]
+    fn routing_and_identity_fields_are_stripped() {
+        let forged = [
+            ("x-http-method-override", "DELETE"),
+            ("x-http-method", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("x-original-url", "/admin/secret"),
+            ("x-rewrite-url", "/admin/secret"),
+            ("x_auth_key_label", "full"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x-token_", "t"),
+            ("forwarded", "for=6.6.6.6;proto=https"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-ssl", "on"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-server", "evil"),
+            ("client-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+            ("trailer", "x-auth-key-label"),
+        ];
+        let mut h = headers(&forged);
+        h.append("accept", HeaderValue::from_static("*/*"));
+        for_upstream(&mut h, &hop(None, false, false));
+        assert_eq!(h["x-real-ip"], "192.0.2.10");
+        assert_eq!(h["accept"], "*/*");
+        for (name, _) in forged {
+            if name != "x-real-ip" {
+                assert!(h.get(name).is_none(), "{name} passed");
+            }
+        }
+        // A trusted proxy's claims pass; the overrides never do.
+        let mut h = headers(&forged);
+        for_upstream(&mut h, &hop(None, true, false));
+        for kept in [
+            "forwarded",
+            "x-forwarded-prefix",
+            "client-ip",
+            "true-client-ip",
+        ] {
+            assert!(h.get(kept).is_some(), "{kept}");
+        }
+        for gone in [
+            "x-http-method-override",
+            "x-original-url",
+            "x_auth_key_label",
+        ] {
+            assert!(h.get(gone).is_none(), "{gone}");
+        }
+        // --allow-underscore-headers.
+        let mut h = headers(&[("x_custom", "1")]);
+        let mut allowing = hop(None, false, false);
+        allowing.underscores = true;
+        for_upstream(&mut h, &allowing);
+        assert_eq!(h["x_custom"], "1");
     }
 
     #[test]

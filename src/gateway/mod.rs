@@ -15,12 +15,15 @@
 //! * [`pool`] — the HTTP/1.1 keep-alive client: a pool shared by all client
 //!   connections, each upstream connection driven by the task of the request
 //!   using it (`--upstream-http2` uses hyper-util's legacy client).
+//! * [`upgrade`] — which upgrades pass, and which 101 opens a tunnel.
+//! * [`trailers`] — request trailers are dropped.
 //! * [`tunnels`] — upgraded connections, counted so the drain waits for them
 //!   and closes them at its deadline.
 
 pub mod headers;
 pub mod pool;
 pub mod proxy;
+pub mod trailers;
 pub mod tunnels;
 pub mod upgrade;
 pub mod upstream;

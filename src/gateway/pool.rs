@@ -37,6 +37,8 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use super::trailers::Untrailed;
 use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{Builder, Connection, SendRequest};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
@@ -58,7 +60,7 @@ type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// What goes upstream as a request body: the client's, or nothing (a
 /// request sent again from its copied head).
-type UpBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
+type UpBody = http_body_util::Either<Untrailed, http_body_util::Empty<bytes::Bytes>>;
 type Dialing = Pin<Box<dyn Future<Output = Result<(Box<Conn>, Request<UpBody>), Failure>> + Send>>;
 type Responding =
     Pin<Box<dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<UpBody>>>> + Send>>;
@@ -155,7 +157,7 @@ impl Pool {
     /// start.
     pub fn send(
         self: &Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<Untrailed>,
         upgrade: bool,
         now: Instant,
     ) -> Exchange {

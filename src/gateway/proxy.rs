@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 use super::GatewayConfig;
 use super::headers::{Hop, for_client, for_upstream};
 use super::pool::{self, Lease, Pool, UpstreamBody};
+use super::trailers::Untrailed;
 use super::tunnels::Tunnels;
 use super::upgrade::{Expected, Upgrades};
 use super::upstream::Upstream;
@@ -41,7 +42,7 @@ enum Clients {
     /// own tasks (see [`super::pool`]).
     Http1(Arc<Pool>),
     /// `--upstream-http2`: hyper-util's pooled client.
-    Legacy(Box<Client<HttpsConnector<HttpConnector>, Incoming>>),
+    Legacy(Box<Client<HttpsConnector<HttpConnector>, Untrailed>>),
 }
 
 /// The upstream, its client and the gateway's rules.
@@ -54,6 +55,8 @@ pub struct Gateway {
     default_host: Option<HeaderValue>,
     public: Vec<Scope>,
     upgrades: Upgrades,
+    underscore_headers: bool,
+    allowed_hosts: Option<Vec<String>>,
     tunnels: Arc<Tunnels>,
 }
 
@@ -134,6 +137,8 @@ impl Gateway {
             default_host: config.upstream.host_header(),
             public: config.public.clone(),
             upgrades: config.upgrades.clone(),
+            underscore_headers: config.underscore_headers,
+            allowed_hosts: config.allowed_hosts.clone(),
             tunnels: Arc::default(),
         }
     }
@@ -141,6 +146,24 @@ impl Gateway {
     /// The upgraded connections handed through.
     pub fn tunnels(&self) -> &Arc<Tunnels> {
         &self.tunnels
+    }
+
+    /// Whether `req`'s host (`:authority`, the absolute-form target's, or
+    /// `Host`) is one of `--allowed-hosts` (any host without the flag).
+    pub fn host_allowed<B>(&self, req: &Request<B>) -> bool {
+        let Some(allowed) = &self.allowed_hosts else {
+            return true;
+        };
+        let host = match req.uri().authority() {
+            Some(authority) => authority.as_str().as_bytes(),
+            None => match req.headers().get(HOST) {
+                Some(host) => host.as_bytes(),
+                None => return false,
+            },
+        };
+        allowed
+            .iter()
+            .any(|a| a.as_bytes().eq_ignore_ascii_case(host))
     }
 
     /// Whether `method` on `path` (normalised) is a `--public` path.
@@ -186,14 +209,25 @@ impl Gateway {
             &mut parts.headers,
             &Hop {
                 peer: hop.peer,
+                client: hop.client,
                 peer_trusted: hop.peer_trusted,
+                underscores: self.underscore_headers,
                 proto: hop.proto,
-                host: host.as_ref(),
+                // With `--upstream-host`, the client's host is the upstream's
+                // to see only if `--allowed-hosts` admitted it.
+                host: if self.upstream_host.is_some() && self.allowed_hosts.is_none() {
+                    None
+                } else {
+                    host.as_ref()
+                },
                 token_header,
                 key_label: hop.key_label.as_ref(),
                 upgrade,
             },
         );
+        if client_h2 {
+            join_cookies(&mut parts.headers);
+        }
         match (&self.upstream_host, host) {
             (Some(forced), _) => {
                 parts.headers.insert(HOST, forced.clone());
@@ -222,7 +256,7 @@ impl Gateway {
         // the version the request came in with.
         parts.version = Version::HTTP_11;
         Prepared {
-            request: Request::from_parts(parts, body),
+            request: Request::from_parts(parts, Untrailed::new(body)),
             client_upgrade,
             expected,
             client_h2,
@@ -441,12 +475,31 @@ impl Future for Sending {
 /// The upstream's request, ready to send, and the client's side of an
 /// upgrade being passed through.
 pub struct Prepared {
-    request: Request<Incoming>,
+    request: Request<Untrailed>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     expected: Option<Box<Expected>>,
     client_h2: bool,
     /// When tokengate started on the request.
     start: Instant,
+}
+
+/// An HTTP/2 client may split `cookie` into several fields; an HTTP/1.1
+/// upstream expects one, joined with `"; "` (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut cookies = headers.get_all(http::header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for value in headers.get_all(http::header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(http::header::COOKIE, value);
+    }
 }
 
 /// Gives each header value of an upstream response its own small buffer.
@@ -472,6 +525,21 @@ fn unpin_values(headers: &mut http::HeaderMap) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn http2_cookies_are_joined() {
+        let mut h = http::HeaderMap::new();
+        h.append(http::header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(http::header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(http::header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(http::header::COOKIE).iter().count(), 1);
+        assert_eq!(h[http::header::COOKIE], "a=1; b=2; c=3");
+        let mut one = http::HeaderMap::new();
+        one.append(http::header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut one);
+        assert_eq!(one[http::header::COOKIE], "a=1");
+    }
 
     #[test]
     fn unpinned_values_no_longer_share_the_read_buffer() {

@@ -105,6 +105,11 @@ impl Upstream {
     pub fn target_for(&self, target: &PathAndQuery) -> PathAndQuery {
         if self.prefix.is_empty() {
             target.clone()
+        } else if target.as_str() == "*" {
+            // `OPTIONS *` asks about what the gateway exposes: the prefix.
+            self.prefix
+                .parse()
+                .unwrap_or_else(|_| PathAndQuery::from_static("/"))
         } else {
             // The prefix is validated URI text and the target came from a
             // parsed request line: their concatenation parses.
@@ -164,6 +169,15 @@ mod tests {
             u.target_for(&pq("/orders?id=7")).as_str(),
             "/v1/orders?id=7"
         );
+    }
+
+    #[test]
+    fn asterisk_and_path_less_targets_with_a_prefix() {
+        let u = Upstream::parse("http://127.0.0.1:9000/api").unwrap();
+        assert_eq!(u.target_for(&pq("*")).as_str(), "/api");
+        assert_eq!(u.target_for(&pq("/")).as_str(), "/api/");
+        let bare = Upstream::parse("http://127.0.0.1:9000").unwrap();
+        assert_eq!(bare.target_for(&pq("*")).as_str(), "*");
     }
 
     #[test]

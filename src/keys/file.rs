@@ -88,6 +88,13 @@ pub enum LineProblem {
     /// An attribute other than `scope=` and `expires=`.
     #[error("unknown attribute {0:?} (known: scope=, expires=)")]
     UnknownAttribute(String),
+    /// A token shorter than [`MIN_TOKEN_LEN`]: guessable, and most often a
+    /// label typed alone on its line (`reports`), which would be read as a
+    /// full-access key.
+    #[error(
+        "a token must be at least 16 characters (a word alone on a line is a token, not a label; generate one with `openssl rand -base64 24`)"
+    )]
+    ShortToken,
     /// The same secret appears twice.
     #[error("duplicate key: the same token as {0}")]
     DuplicateKey(String),
@@ -95,6 +102,10 @@ pub enum LineProblem {
     #[error("duplicate label: already used by {0}")]
     DuplicateLabel(String),
 }
+
+/// The shortest token a key file accepts (`TOKENGATE_TOKEN` shorter gets a
+/// warning at start-up).
+pub const MIN_TOKEN_LEN: usize = 16;
 
 /// Checks that a token can be sent in a header and compared byte for byte.
 pub fn validate_token(token: &str) -> Result<(), TokenProblem> {
@@ -186,6 +197,9 @@ pub fn parse_key_file(text: &str, path: &str, keys: &mut KeySet) -> Result<(), K
             }
             None => {
                 validate_token(secret).map_err(|p| err(LineProblem::Token(p)))?;
+                if secret.len() < MIN_TOKEN_LEN {
+                    return Err(err(LineProblem::ShortToken));
+                }
                 Digest::of(secret.as_bytes())
             }
         };
@@ -317,8 +331,8 @@ mod tests {
     #[test]
     fn attributes() {
         let keys = parse(
-            "k-one-secret reports scope=GET,HEAD:/reports/* scope=*:/admin expires=2030-05-01T12:00:00Z\n\
-             k-two-secret scope=GET:/x\n",
+            "k-one-secret-long reports scope=GET,HEAD:/reports/* scope=*:/admin expires=2030-05-01T12:00:00Z\n\
+             k-two-secret-long scope=GET:/x\n",
         )
         .unwrap();
         let one = &keys.keys()[0];
@@ -361,7 +375,7 @@ mod tests {
     #[test]
     fn expiring_soon() {
         let keys = parse(
-            "a-secret-1 soon expires=2000-01-01T00:00:00Z\na-secret-2 later expires=2999-01-01T00:00:00Z\na-secret-3 never\n",
+            "a-secret-long-01 soon expires=2000-01-01T00:00:00Z\na-secret-long-02 later expires=2999-01-01T00:00:00Z\na-secret-long-03 never\n",
         )
         .unwrap();
         assert_eq!(

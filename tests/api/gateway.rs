@@ -48,6 +48,17 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2).
+pub(crate) fn websocket_accept(key: &[u8]) -> http::HeaderValue {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let mut sha = sha1::Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+    http::HeaderValue::try_from(accept).unwrap()
+}
+
 /// What the upstream saw of one request.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -136,7 +147,7 @@ impl Upstream_ {
         }
         self.seen.lock().unwrap().push(Seen {
             target,
-            headers,
+            headers: headers.clone(),
             body_len,
         });
         let (tx, rx) = mpsc::channel(4);
@@ -188,14 +199,24 @@ impl Upstream_ {
                 // Never answers: the gateway's timeout must.
                 std::future::pending::<()>().await;
             }
-            "/ws" => {
+            "/ws" | "/reflect-101" => {
                 *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                response
-                    .headers_mut()
-                    .insert("upgrade", "websocket".parse().unwrap());
-                response
-                    .headers_mut()
-                    .insert("connection", "upgrade".parse().unwrap());
+                // `/ws` answers the handshake as RFC 6455 says; `/reflect-101`
+                // is a route that answers a bare 101 (a status reflected
+                // from a parameter, say).
+                if path == "/ws" {
+                    response
+                        .headers_mut()
+                        .insert("upgrade", "websocket".parse().unwrap());
+                    response
+                        .headers_mut()
+                        .insert("connection", "upgrade".parse().unwrap());
+                    if let Some(key) = headers.get("sec-websocket-key") {
+                        response
+                            .headers_mut()
+                            .insert("sec-websocket-accept", websocket_accept(key.as_bytes()));
+                    }
+                }
                 tokio::spawn(async move {
                     if let Ok(upgraded) = upgrade.await {
                         let mut io = TokioIo::new(upgraded);
@@ -919,7 +940,8 @@ async fn tunnels_still_open_at_the_drain_deadline_are_closed() {
     let mut stream = TcpStream::connect(s.addr).await.unwrap();
     stream
         .write_all(
-            b"GET /ws HTTP/1.1\r\nHost: t\r\nX-Token: full-access-key-1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nX-Token: full-access-key-1\r\nConnection: Upgrade\r\n\
+              Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
         )
         .await
         .unwrap();

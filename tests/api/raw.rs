@@ -56,10 +56,25 @@ async fn whitespace_and_name_case() {
     }
 }
 
+/// RFC 9112 §3.2.2: the absolute-form target's authority is the host; a
+/// `Host` that names another is refused, not ignored.
+#[tokio::test]
+async fn absolute_form_with_another_host_is_refused() {
+    let server = TestServer::start().await;
+    assert_eq!(
+        status_of(
+            &server,
+            &request("GET", "http://upstream.example/public", None, "")
+        )
+        .await,
+        [400]
+    );
+}
+
 #[tokio::test]
 async fn absolute_form_routes_by_path() {
     let server = TestServer::start().await;
-    let abs = "http://upstream.example/protected";
+    let abs = "http://t/protected";
     assert_eq!(
         status_of(&server, &request("GET", abs, None, KEY_LINE)).await,
         [200]
@@ -69,26 +84,14 @@ async fn absolute_form_routes_by_path() {
         [401]
     );
     assert_eq!(
-        status_of(
-            &server,
-            &request("GET", "http://upstream.example/public?q=1", None, "")
-        )
-        .await,
+        status_of(&server, &request("GET", "http://t/public?q=1", None, "")).await,
         [200]
     );
     assert_eq!(
-        status_of(
-            &server,
-            &request("GET", "http://upstream.example/nope", None, KEY_LINE)
-        )
-        .await,
+        status_of(&server, &request("GET", "http://t/nope", None, KEY_LINE)).await,
         [404]
     );
-    let redirect = raw(
-        server.addr,
-        &request("GET", "http://h.example/public/", None, ""),
-    )
-    .await;
+    let redirect = raw(server.addr, &request("GET", "http://t/public/", None, "")).await;
     assert!(redirect.contains("location: /public\r\n"), "{redirect}");
 }
 
