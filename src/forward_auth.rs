@@ -135,12 +135,11 @@ pub fn original<'a, B>(req: &'a Request<B>, mount: &str, dialect: Dialect) -> Op
 
 /// The one value among `sources` that are present: `Some(None)` when none
 /// is, `None` when more than one is.
-fn one_of<'h, const N: usize>(sources: [Option<&'h str>; N]) -> Option<Option<&'h str>> {
+fn one_of<const N: usize>(sources: [Option<&str>; N]) -> Option<Option<&str>> {
     let mut present = sources.into_iter().flatten();
     match (present.next(), present.next()) {
         (first, None) => Some(first),
-        (Some(_), Some(_)) => None,
-        (None, Some(_)) => None,
+        (_, Some(_)) => None,
     }
 }
 

@@ -411,14 +411,22 @@ mod tests {
                 3,
                 "duplicate key: the same token as line 2",
             ),
-            ("secret-one-long-k a\nsecret-two-long-k a\n", 2, "duplicate label"),
+            (
+                "secret-one-long-k a\nsecret-two-long-k a\n",
+                2,
+                "duplicate label",
+            ),
             ("secret-one-long-k two words\n", 1, "label"),
             ("secret-one-long-k bad|label\n", 1, "label"),
             ("sha256:abcd\n", 1, "64 hex"),
             (&format!("sha256:{}zz\n", &hashed[..62]), 1, "64 hex"),
             ("# c\nsecret-\u{e9}t\u{e9}\n", 2, "non-ASCII"),
             // A label typed alone would be a full-access key.
-            ("good-one-long-key a\nsecret-ab\n", 2, "at least 16 characters"),
+            (
+                "good-one-long-key a\nsecret-ab\n",
+                2,
+                "at least 16 characters",
+            ),
         ];
         for (i, (text, line, needle)) in cases.iter().enumerate() {
             let path = temp_file(&format!("keys-bad-{i}"), text);

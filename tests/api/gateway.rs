@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::support::{Proto, Resp, TestServer, keys_from, raw, send, statuses};
 
-const KEYS: &str = "\
+pub(crate) const KEYS: &str = "\
 full-access-key-1 ops
 reports-only-key reports scope=GET,HEAD:/reports/*
 ";
@@ -61,15 +61,17 @@ pub(crate) fn websocket_accept(key: &[u8]) -> http::HeaderValue {
 
 /// What the upstream saw of one request.
 #[derive(Debug, Clone)]
-struct Seen {
-    target: String,
-    headers: HeaderMap,
-    body_len: usize,
+pub(crate) struct Seen {
+    pub(crate) target: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body_len: usize,
+    /// The request's trailers, if any came.
+    pub(crate) trailers: Option<HeaderMap>,
 }
 
 /// The upstream: records every request; a few paths behave specially.
 #[derive(Clone, Default)]
-struct Upstream_ {
+pub(crate) struct Upstream_ {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// `/sse` sends its second event when this receives.
     sse_gate: Arc<tokio::sync::Mutex<Option<mpsc::Receiver<()>>>>,
@@ -78,11 +80,21 @@ struct Upstream_ {
 }
 
 impl Upstream_ {
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
 
-    fn last(&self) -> Seen {
+    /// The targets of every request seen so far.
+    pub(crate) fn seen_targets(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.target.clone())
+            .collect()
+    }
+
+    pub(crate) fn last(&self) -> Seen {
         self.seen
             .lock()
             .unwrap()
@@ -91,7 +103,7 @@ impl Upstream_ {
             .expect("a request reached the upstream")
     }
 
-    async fn start(&self) -> SocketAddr {
+    pub(crate) async fn start(&self) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let me = self.clone();
@@ -137,11 +149,13 @@ impl Upstream_ {
         }
         // Read the whole request body, counting (never keeping) its bytes.
         let mut body_len = 0;
+        let mut trailers = None;
         let mut body = req.into_body();
         if path != "/ws" {
-            while let Some(frame) = body.frame().await {
-                if let Ok(data) = frame.map(|f| f.into_data()) {
-                    body_len += data.map(|d| d.len()).unwrap_or(0);
+            while let Some(Ok(frame)) = body.frame().await {
+                match frame.into_data() {
+                    Ok(data) => body_len += data.len(),
+                    Err(frame) => trailers = frame.into_trailers().ok(),
                 }
             }
         }
@@ -149,6 +163,7 @@ impl Upstream_ {
             target,
             headers: headers.clone(),
             body_len,
+            trailers,
         });
         let (tx, rx) = mpsc::channel(4);
         let mut response = Response::new(ChannelBody(rx));
@@ -253,7 +268,7 @@ async fn get_with_key(addr: SocketAddr, path: &str) -> Resp {
     .await
 }
 
-fn gateway_config(upstream: SocketAddr, timeout: Duration) -> AppConfig {
+pub(crate) fn gateway_config(upstream: SocketAddr, timeout: Duration) -> AppConfig {
     AppConfig {
         gateway: Some(GatewayConfig {
             timeout,

@@ -78,7 +78,7 @@ async fn env_and_file_keys_log_labels_only() {
     let file = dir.join("keys");
     std::fs::write(
         &file,
-        "# team keys\nfile-secret-1 ci-bot\n\nfile-secret-2\n",
+        "# team keys\nfile-secret-0001 ci-bot\n\nfile-secret-0002\n",
     )
     .unwrap();
     let server = Spawned::start(
@@ -88,8 +88,8 @@ async fn env_and_file_keys_log_labels_only() {
     .await;
     for (key, want) in [
         ("env-secret-0", 200),
-        ("file-secret-1", 200),
-        ("file-secret-2", 200),
+        ("file-secret-0001", 200),
+        ("file-secret-0002", 200),
         ("mysecrettoken", 401),
     ] {
         let req = format!(
@@ -178,7 +178,7 @@ async fn configuration_errors_exit_2_without_secrets() {
 
     let dir = TempDir::new("life-cfg");
     let file = dir.join("bad-keys");
-    std::fs::write(&file, "good-secret-a\nbad-secret-b x y\n").unwrap();
+    std::fs::write(&file, "good-secret-aaaaa\nbad-secret-bbbbbb x y\n").unwrap();
     let (code, _, err) = run_to_exit(
         &[
             "--listen",

@@ -263,7 +263,7 @@ async fn status_with(addr: SocketAddr, token: &str) -> u16 {
 async fn sighup_rotates_keys_under_load() {
     let dir = TempDir::new("ops-rotate");
     let file = dir.join("keys");
-    std::fs::write(&file, "stays-key-0001 stays\nleaves-key-002 leaves\n").unwrap();
+    std::fs::write(&file, "stays-key-000001 stays\nleaves-key-00002 leaves\n").unwrap();
     let server = Spawned::start(
         &[
             "--token-file",
@@ -286,9 +286,9 @@ async fn sighup_rotates_keys_under_load() {
         let mut swapped_at = None;
         for i in 0..30_000 {
             counter.store(i, Relaxed);
-            let token = ["stays-key-0001", "leaves-key-002", "joins-key-0003"][i % 3];
+            let token = ["stays-key-000001", "leaves-key-00002", "joins-key-000003"][i % 3];
             let status = status_with(addr, token).await;
-            if token == "joins-key-0003" && status == 200 && swapped_at.is_none() {
+            if token == "joins-key-000003" && status == 200 && swapped_at.is_none() {
                 swapped_at = Some(i);
             }
             log.push((token, status));
@@ -305,7 +305,7 @@ async fn sighup_rotates_keys_under_load() {
         })
         .await
     );
-    std::fs::write(&file, "stays-key-0001 stays\njoins-key-0003 joins\n").unwrap();
+    std::fs::write(&file, "stays-key-000001 stays\njoins-key-000003 joins\n").unwrap();
     server.signal("-HUP");
     let log = client.await.unwrap();
 
@@ -313,8 +313,8 @@ async fn sighup_rotates_keys_under_load() {
     let mut swapped_joins = false;
     for (token, status) in &log {
         match *token {
-            "stays-key-0001" => assert_eq!(*status, 200, "a kept key failed"),
-            "leaves-key-002" => {
+            "stays-key-000001" => assert_eq!(*status, 200, "a kept key failed"),
+            "leaves-key-00002" => {
                 assert!(*status == 200 || *status == 401, "{status}");
                 if *status == 401 {
                     swapped_leaves = true;
@@ -339,7 +339,7 @@ async fn sighup_rotates_keys_under_load() {
     assert!(server.log().contains("keys reloaded"), "{}", server.log());
 
     // A broken file keeps the current keys, names file and line, and is counted.
-    std::fs::write(&file, "stays-key-0001 stays\nbroken key line here\n").unwrap();
+    std::fs::write(&file, "stays-key-000001 stays\nbroken key line here\n").unwrap();
     server.signal("-HUP");
     let mut logged = false;
     for _ in 0..100 {
@@ -356,13 +356,13 @@ async fn sighup_rotates_keys_under_load() {
         "{log}"
     );
     assert!(
-        !log.contains("broken key line") && !log.contains("stays-key-0001"),
+        !log.contains("broken key line") && !log.contains("stays-key-000001"),
         "{log}"
     );
-    assert_eq!(status_with(addr, "joins-key-0003").await, 200);
+    assert_eq!(status_with(addr, "joins-key-000003").await, 200);
     let metrics = raw(
         addr,
-        &request("GET", "/metrics", Some("stays-key-0001"), ""),
+        &request("GET", "/metrics", Some("stays-key-000001"), ""),
     )
     .await;
     assert!(
@@ -381,7 +381,7 @@ async fn watched_secret_symlink_swap_reloads() {
     let dir = TempDir::new("ops-watch");
     let v1 = dir.join("..2026_v1");
     std::fs::create_dir(&v1).unwrap();
-    std::fs::write(v1.join("keys"), "first-key-0001\n").unwrap();
+    std::fs::write(v1.join("keys"), "first-key-000001\n").unwrap();
     std::os::unix::fs::symlink("..2026_v1", dir.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/keys", dir.join("keys")).unwrap();
     let file = dir.join("keys");
@@ -390,25 +390,25 @@ async fn watched_secret_symlink_swap_reloads() {
         &[],
     )
     .await;
-    assert_eq!(status_with(server.addr, "first-key-0001").await, 200);
+    assert_eq!(status_with(server.addr, "first-key-000001").await, 200);
 
     let v2 = dir.join("..2026_v2");
     std::fs::create_dir(&v2).unwrap();
-    std::fs::write(v2.join("keys"), "second-key-002\n").unwrap();
+    std::fs::write(v2.join("keys"), "second-key-00002\n").unwrap();
     std::os::unix::fs::symlink("..2026_v2", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     std::fs::remove_dir_all(&v1).unwrap();
 
     let mut reloaded = false;
     for _ in 0..150 {
-        if status_with(server.addr, "second-key-002").await == 200 {
+        if status_with(server.addr, "second-key-00002").await == 200 {
             reloaded = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(reloaded, "{}", server.log());
-    assert_eq!(status_with(server.addr, "first-key-0001").await, 401);
+    assert_eq!(status_with(server.addr, "first-key-000001").await, 401);
 }
 
 /// `net.ipv4.tcp_migrate_req`, set to 1 for the hand-over test and restored

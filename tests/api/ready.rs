@@ -48,7 +48,7 @@ async fn sighup_at_once_never_kills_the_server() {
 async fn key_file_changed_at_once_is_honoured() {
     let dir = TempDir::new("ready-watch");
     let file = dir.join("keys");
-    std::fs::write(&file, "old-key-000001\n").unwrap();
+    std::fs::write(&file, "old-key-0000000001\n").unwrap();
     let server = Spawned::start(
         &["--token-file", file.to_str().unwrap(), "--watch-token-file"],
         &[],
@@ -56,11 +56,11 @@ async fn key_file_changed_at_once_is_honoured() {
     .await;
     // Atomic replace, as configuration tools do it.
     let tmp = dir.join("keys.tmp");
-    std::fs::write(&tmp, "new-key-000002\n").unwrap();
+    std::fs::write(&tmp, "new-key-0000000002\n").unwrap();
     std::fs::rename(&tmp, &file).unwrap();
     let addr = server.addr;
     let honoured = wait_until(Duration::from_secs(10), || async move {
-        status_with(addr, "new-key-000002").await == 200
+        status_with(addr, "new-key-0000000002").await == 200
     })
     .await;
     assert!(
@@ -68,7 +68,7 @@ async fn key_file_changed_at_once_is_honoured() {
         "the new key was never honoured:\n{}",
         server.log()
     );
-    assert_eq!(status_with(addr, "old-key-000001").await, 401);
+    assert_eq!(status_with(addr, "old-key-0000000001").await, 401);
 }
 
 /// A second SIGTERM during the shutdown delay ends the process at once.
