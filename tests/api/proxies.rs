@@ -97,10 +97,15 @@ async fn tokengate() -> TestServer {
     TestServer::with(keys_from(KEYS), config, Limits::default()).await
 }
 
-/// One request over the proxy's Unix socket; the raw response.
+/// One GET over the proxy's Unix socket; the raw response.
 async fn through(socket: &Path, target: &str, headers: &[(&str, &str)]) -> String {
+    through_as(socket, "GET", target, headers).await
+}
+
+/// One request over the proxy's Unix socket; the raw response.
+async fn through_as(socket: &Path, method: &str, target: &str, headers: &[(&str, &str)]) -> String {
     let mut stream = UnixStream::connect(socket).await.unwrap();
-    let mut req = format!("GET {target} HTTP/1.1\r\nHost: api.example\r\n");
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: api.example\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -167,6 +172,38 @@ async fn assert_guarded(socket: &Path) {
     // A key outside its scopes: 403.
     let r = through(socket, "/admin", &[("X-Token", "reports-only-key")]).await;
     assert_eq!(statuses(&r), [403], "{r}");
+    assert!(echoed(&r).is_none(), "{r}");
+    // A client that describes another request than the one it makes (issue
+    // 21): a key scoped to GET,HEAD:/reports/* asks for DELETE /admin/secret
+    // with every forwarding dialect forged.
+    for forged in [
+        [
+            ("X-Forwarded-Uri", "/reports/x"),
+            ("X-Forwarded-Method", "GET"),
+        ],
+        [
+            ("X-Original-URI", "/reports/x"),
+            ("X-Original-Method", "GET"),
+        ],
+        [
+            ("X-Original-URL", "http://api.example/reports/x"),
+            ("X-Forwarded-Method", "GET"),
+        ],
+    ] {
+        let mut headers = vec![("X-Token", "reports-only-key")];
+        headers.extend(forged);
+        let r = through_as(socket, "DELETE", "/admin/secret", &headers).await;
+        assert_eq!(statuses(&r), [403], "{forged:?}: {r}");
+        assert!(echoed(&r).is_none(), "{forged:?} reached the API: {r}");
+    }
+    // A dot segment in the original URI: refused, not resolved.
+    let r = through(
+        socket,
+        "/reports/../admin/secret",
+        &[("X-Token", "reports-only-key")],
+    )
+    .await;
+    assert!(matches!(statuses(&r)[..], [400] | [403]), "{r}");
     assert!(echoed(&r).is_none(), "{r}");
     let r = through(socket, "/reports/2", &[("X-Token", "reports-only-key")]).await;
     assert_eq!(statuses(&r), [200], "{r}");
