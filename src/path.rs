@@ -144,7 +144,98 @@ fn is_confusable(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::keys::Scope;
+    use crate::routes::normalize;
+    use http::Method;
+    use proptest::prelude::*;
+
+    /// What the most lenient upstream could make of a path: every escape
+    /// decoded (twice), `\\` read as `/`, `;` parameters and everything
+    /// after NUL dropped, full-width dots and slashes folded, then dot
+    /// segments removed (RFC 3986 §5.2.4).
+    fn resolved(path: &str) -> String {
+        let mut bytes = path.as_bytes().to_vec();
+        for _ in 0..2 {
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < bytes.len() {
+                match (
+                    bytes.get(i + 1).and_then(|&b| hex(b)),
+                    bytes.get(i + 2).and_then(|&b| hex(b)),
+                ) {
+                    (Some(h), Some(l)) if bytes[i] == b'%' => {
+                        out.push(h * 16 + l);
+                        i += 3;
+                    }
+                    _ => {
+                        out.push(bytes[i]);
+                        i += 1;
+                    }
+                }
+            }
+            bytes = out;
+        }
+        let text = String::from_utf8_lossy(&bytes)
+            .replace('\\', "/")
+            .replace(['\u{FF0E}', '\u{2024}'], ".")
+            .replace('\u{FF0F}', "/");
+        let text = text.split('\0').next().unwrap_or("");
+        let mut out: Vec<&str> = Vec::new();
+        for segment in text.split('/').skip(1) {
+            match segment.split(';').next().unwrap_or("") {
+                "." => {}
+                ".." => {
+                    out.pop();
+                }
+                other => out.push(other),
+            }
+        }
+        format!("/{}", out.join("/"))
+    }
+
+    fn segment() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "reports",
+            "admin",
+            "x",
+            "..",
+            ".",
+            "%2e",
+            "%2E%2e",
+            ".%2e",
+            "%2f",
+            "%5c",
+            "\\",
+            "..;",
+            ";",
+            "%00",
+            "%c0%ae",
+            "%252e%252e",
+            "%EF%BC%8E%EF%BC%8E",
+            "a%20b",
+            "%72eports",
+            "",
+        ])
+    }
+
+    proptest! {
+        /// For any path the gate admits under a scope, what the upstream
+        /// resolves it to stays inside that scope.
+        #[test]
+        fn an_admitted_path_stays_in_its_scope(segments in prop::collection::vec(segment(), 1..7)) {
+            let path = format!("/{}", segments.join("/"));
+            let scope = Scope::parse("GET:/reports/*").unwrap();
+            if is_safe(&path) && scope.allows(&Method::GET, &normalize(&path)) {
+                let upstream = resolved(&path);
+                prop_assert!(
+                    upstream.starts_with("/reports/"),
+                    "{path} was admitted and resolves to {upstream}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn ordinary_paths_pass() {

@@ -152,6 +152,56 @@ async fn run_to_exit(
     )
 }
 
+/// Fail closed (issue 21, item 7): without a key, the demo key serves only
+/// standalone on a loopback address; a label typed alone on a key-file line
+/// is not a full-access key.
+#[tokio::test]
+async fn no_key_and_short_keys_fail_closed() {
+    for args in [
+        &["--listen", "0.0.0.0:0"][..],
+        &["--listen", "[::]:0"][..],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:9",
+        ][..],
+    ] {
+        let (code, _, err) = run_to_exit(args, &[], None).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("TOKENGATE_TOKEN") && err.contains("--token-file"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("listening"), "{err}");
+    }
+    let dir = TempDir::new("life-short");
+    let file = dir.join("keys");
+    std::fs::write(
+        &file,
+        "full-access-key-1 ops
+reports
+",
+    )
+    .unwrap();
+    let (code, _, err) = run_to_exit(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            file.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("at least 16"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn configuration_errors_exit_2_without_secrets() {
     let (code, _, err) = run_to_exit(
