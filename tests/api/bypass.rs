@@ -376,3 +376,112 @@ async fn the_throttle_counts_the_field_the_operator_named() {
     let r = send(Proto::H1, s.addr, Method::GET, "/protected", &victim).await;
     assert_eq!(r.status, StatusCode::OK, "the victim was locked out");
 }
+
+/// An upstream that supports the h2c upgrade (Go's `h2c.NewHandler`, Jetty,
+/// Tomcat do): to `Upgrade: h2c` it answers 101 and serves HTTP/2 (the `h2`
+/// crate) on the connection; otherwise a plain 200 `plain`. Records every
+/// request head it reads, raw, and every path it serves over HTTP/2.
+#[derive(Clone, Default)]
+struct H2cUpstream {
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    h2_paths: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl H2cUpstream {
+    async fn start(&self) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(me.clone().serve(stream));
+            }
+        });
+        addr
+    }
+
+    async fn serve(self, mut stream: TcpStream) {
+        loop {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte).await {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return,
+                }
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            self.heads.lock().unwrap().push(head.clone());
+            if head.to_ascii_lowercase().contains("\r\nupgrade: h2c") {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+                    .await;
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    self.h2_paths
+                        .lock()
+                        .unwrap()
+                        .push(req.uri().path().to_owned());
+                    if let Ok(mut send) = respond.send_response(http::Response::new(()), false) {
+                        let _ = send.send_data(bytes::Bytes::from_static(b"secret"), true);
+                    }
+                }
+                return;
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
+                .await;
+        }
+    }
+}
+
+/// Item 2, with an upstream that really speaks h2c after the upgrade: the
+/// client gets a plain 200, the upstream never sees `Upgrade: h2c`, and no
+/// HTTP/2 request reaches it (before the fix: 101, then `/admin/secret`
+/// over the tunnel with no key).
+#[tokio::test]
+async fn h2c_upgrade_smuggling_against_a_real_h2c_upstream() {
+    let up = H2cUpstream::default();
+    let addr = up.start().await;
+    let mut config = gateway_config(addr, Duration::from_secs(30));
+    if let Some(g) = config.gateway.as_mut() {
+        g.public.push(parse_public("GET:/open/*").unwrap());
+    }
+    let s = TestServer::with(keys_from(KEYS), config, Limits::default()).await;
+    let mut stream = TcpStream::connect(s.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /open/x HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+              Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    if head.starts_with("HTTP/1.1 101") {
+        // The smuggling the fix prevents: HTTP/2 through the tunnel.
+        if let Ok((mut sender, conn)) = h2::client::handshake(stream).await {
+            tokio::spawn(conn);
+            let req = http::Request::get("http://t/admin/secret")
+                .body(())
+                .unwrap();
+            if let Ok((resp, _)) = sender.send_request(req, true) {
+                let _ = tokio::time::timeout(Duration::from_secs(10), resp).await;
+            }
+        }
+        panic!(
+            "a tunnel opened; the upstream served {:?}",
+            up.h2_paths.lock().unwrap()
+        );
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let heads = up.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    let seen = heads[0].to_ascii_lowercase();
+    assert!(
+        !seen.contains("upgrade") && !seen.contains("http2-settings"),
+        "{seen}"
+    );
+    assert!(up.h2_paths.lock().unwrap().is_empty());
+}

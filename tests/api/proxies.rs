@@ -342,3 +342,134 @@ async fn haproxy_configuration_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue 21, item 3, against the real thing: Debian's nginx serving files
+/// behind the gateway resolves dot segments and escapes itself (a direct
+/// `GET /open/../admin/secret` gets the secret file); through the gateway,
+/// with `--public GET:/open/*`, every such form is a 400 and the secret never
+/// comes back. nginx listens on a socket the test bound on 127.0.0.1:0 and
+/// hands over (nginx's `NGINX` inherited-sockets variable): no port guessed.
+#[tokio::test]
+async fn nginx_file_server_behind_the_gateway_serves_no_secret() {
+    let Some(nginx) = binary("nginx") else {
+        return;
+    };
+    let dir = TempDir::new("gw-nginx-files");
+    let www = dir.join("www");
+    std::fs::create_dir_all(www.join("open")).unwrap();
+    std::fs::create_dir_all(www.join("admin")).unwrap();
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    std::fs::write(www.join("open/index.html"), "open file\n").unwrap();
+    std::fs::write(www.join("admin/secret"), "THE SECRET\n").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let files = listener.local_addr().unwrap();
+    // Kept open across exec, for nginx to take over.
+    rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::empty()).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    let conf = format!(
+        "events {{}}\nhttp {{\n  access_log off;\n  server {{\n    listen {files};\n    root {};\n  }}\n}}\n",
+        www.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let mut child = Command::new(nginx)
+        .arg("-p")
+        .arg(&*dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-g")
+        // nginx takes inherited sockets over in master-process mode only.
+        .arg(format!(
+            "daemon off; worker_processes 1; pid {}; error_log stderr;",
+            dir.join("nginx.pid").display()
+        ))
+        .env("NGINX", format!("{fd};"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // SIGTERM, not SIGKILL: the master then stops its worker too.
+    let _stop = Terminate(child.id());
+    drop(listener);
+    let direct = |target: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(files).await.ok()?;
+        let req = format!("GET {target} HTTP/1.1\r\nHost: files\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+            .await
+            .ok()?
+            .ok()?;
+        Some(String::from_utf8_lossy(&out).into_owned())
+    };
+    let up = wait_until(Duration::from_secs(20), || async {
+        direct("/open/index.html")
+            .await
+            .is_some_and(|r| r.contains("open file"))
+    })
+    .await;
+    if !up {
+        let _ = child.start_kill();
+        let out = child.wait_with_output().await.unwrap();
+        panic!(
+            "nginx did not serve: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Its output is not read: a pipe nobody drains must not fill up.
+    drop(child.stderr.take());
+    // The upstream resolves what it is given: this is what a bypass gets.
+    let leaked = direct("/open/../admin/secret").await.unwrap();
+    assert!(
+        leaked.contains("THE SECRET"),
+        "nginx did not resolve: {leaked}"
+    );
+
+    let config = AppConfig {
+        gateway: Some(tokengate::gateway::GatewayConfig {
+            public: vec![tokengate::gateway::parse_public("GET:/open/*").unwrap()],
+            ..tokengate::gateway::GatewayConfig::new(
+                tokengate::gateway::upstream::Upstream::parse(&format!("http://{files}")).unwrap(),
+            )
+        }),
+        ..AppConfig::default()
+    };
+    let gate = TestServer::with(keys_from(KEYS), config, Limits::default()).await;
+    let got = crate::support::raw(
+        gate.addr,
+        b"GET /open/index.html HTTP/1.1\r\nHost: files\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(got.contains("open file"), "{got}");
+    for target in [
+        "/open/../admin/secret",
+        "/open/%2e%2e/admin/secret",
+        "/open/.%2e/admin/secret",
+        "/open/..%2fadmin%2fsecret",
+        "/open/%2e%2e%2fadmin%2fsecret",
+        "/open/./../admin/secret",
+        "/open/..;/admin/secret",
+        "/open/%2e./admin/secret",
+    ] {
+        for key in ["", "X-Token: reports-only-key\r\n"] {
+            let req =
+                format!("GET {target} HTTP/1.1\r\nHost: files\r\n{key}Connection: close\r\n\r\n");
+            let got = crate::support::raw(gate.addr, req.as_bytes()).await;
+            assert!(!got.contains("THE SECRET"), "{target}: {got}");
+            assert_eq!(statuses(&got), [400], "{target}: {got}");
+        }
+    }
+}
+
+/// Sends SIGTERM to a process when dropped.
+struct Terminate(Option<u32>);
+
+impl Drop for Terminate {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+}
