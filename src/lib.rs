@@ -13,7 +13,8 @@
 //!   thread, and hands it to hyper-util's auto builder with a `service_fn`
 //!   that calls [`App::handle`].
 //! * [`app`] is the one entry point: it checks the head against [`head`]'s
-//!   limits, matches `(method, path)` in [`routes`]' one table, and for a
+//!   limits (and the path against `path`'s rule: no dot segments or escaped
+//!   separators, in every mode), matches `(method, path)` in [`routes`]' one table, and for a
 //!   protected route asks the [`guard`]: the failed-credential [`throttle`],
 //!   then the [`keys`] (SHA-256, one map probe, constant-time equality).
 //! * [`responses`] supplies the prebuilt 200 or 401: bodies and header values
