@@ -15,7 +15,7 @@
 //! Which of them are read is the [`Dialect`] (`--forward-auth-headers`): by
 //! default any one, and a request carrying two descriptions is refused, since
 //! a client can add a field the proxy does not overwrite. The path must pass
-//! [`crate::path`]'s rule and is percent-normalised as routing does; the
+//! `crate::path`'s rule and is percent-normalised as routing does; the
 //! query is dropped, a `#` refused. A header given twice, or a method that
 //! is not a method, makes the original request unknowable: 403, never a 5xx
 //! (Envoy with `failure_mode_allow` lets a 5xx through; nginx turns anything
@@ -71,7 +71,7 @@ pub enum Dialect {
 
 /// The original request of `req`, served on `mount` (`/auth/verify`), as
 /// `dialect` describes it. `None` when its fields contradict themselves,
-/// one is malformed or missing, or its path is one [`crate::path`] refuses
+/// one is malformed or missing, or its path is one `crate::path` refuses
 /// (every forwarding header present must be well-formed, even one the
 /// dialect does not read: a malformed one means something is off).
 pub fn original<'a, B>(req: &'a Request<B>, mount: &str, dialect: Dialect) -> Option<Original<'a>> {

@@ -21,7 +21,7 @@ pub enum HeadProblem {
     HeaderFieldsTooLarge,
     /// Missing or repeated `Host`, a `Host` that is not the target's or
     /// `:authority`'s authority, a target in a form the method does not
-    /// allow (`GET public`, `GET *`), or a path [`crate::path`] refuses: 400.
+    /// allow (`GET public`, `GET *`), or a path `crate::path` refuses: 400.
     BadRequest,
     /// `CONNECT`: no route tunnels, so 405.
     Connect,
