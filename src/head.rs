@@ -96,11 +96,11 @@ fn target_len(uri: &http::Uri) -> usize {
     }
 }
 
-/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`; no HTTP/1.x
-/// request has two. HTTP/2 carries `:authority` instead.
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`; no request
+/// has two (HTTP/2 carries `:authority`, and at most one `host` beside it,
+/// which must agree: checked with the authority).
 fn host_ok(version: Version, hosts: usize) -> bool {
     match version {
-        Version::HTTP_2 | Version::HTTP_3 => true,
         Version::HTTP_11 => hosts == 1,
         _ => hosts <= 1,
     }
@@ -154,6 +154,17 @@ mod tests {
         *h2.version_mut() = Version::HTTP_2;
         assert_eq!(
             check(&h2, DEFAULT_MAX_HEADER_BYTES),
+            Err(HeadProblem::BadRequest)
+        );
+        // Two `host` fields, one of them the authority's.
+        let mut two = Request::get("https://api.example/x")
+            .header(HOST, "api.example")
+            .header(HOST, "evil")
+            .body(())
+            .unwrap();
+        *two.version_mut() = Version::HTTP_2;
+        assert_eq!(
+            check(&two, DEFAULT_MAX_HEADER_BYTES),
             Err(HeadProblem::BadRequest)
         );
     }
