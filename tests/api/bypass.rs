@@ -485,3 +485,61 @@ async fn h2c_upgrade_smuggling_against_a_real_h2c_upstream() {
     );
     assert!(up.h2_paths.lock().unwrap().is_empty());
 }
+
+/// Item 8: `OPTIONS *` through a gateway whose upstream has a path prefix
+/// goes as the prefix (it went as `/api*`).
+#[tokio::test]
+async fn options_asterisk_with_a_prefix() {
+    let up = Upstream_::default();
+    let addr = up.start().await;
+    let mut config = gateway_config(addr, Duration::from_secs(30));
+    if let Some(g) = config.gateway.as_mut() {
+        g.upstream =
+            tokengate::gateway::upstream::Upstream::parse(&format!("http://{addr}/api")).unwrap();
+    }
+    let s = TestServer::with(keys_from(KEYS), config, Limits::default()).await;
+    let got = raw(
+        s.addr,
+        b"OPTIONS * HTTP/1.1\r\nHost: t\r\nX-Token: full-access-key-1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&got), [200], "{got}");
+    assert_eq!(up.last().target, "/api");
+    // A scoped key does not reach it: `*` is in no path scope.
+    let got = raw(
+        s.addr,
+        b"OPTIONS * HTTP/1.1\r\nHost: t\r\nX-Token: reports-only-key\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&got), [403], "{got}");
+}
+
+/// Item 8: a path cannot forge a field or a line of the text access log:
+/// every byte but visible ASCII is written `\xNN`.
+#[tokio::test]
+async fn a_path_cannot_forge_an_access_log_field() {
+    let mut cmd = crate::support::command(
+        &["--listen", "127.0.0.1:0", "--access-log"],
+        &[("TOKENGATE_TOKEN", "full-access-key-1")],
+    );
+    let mut child = cmd.spawn().unwrap();
+    let (addr, _lines) = crate::support::wait_for_address(&mut child).await;
+    // U+2028 (a line separator to many log viewers), then a fake field.
+    let mut req = b"GET /x".to_vec();
+    req.extend_from_slice("\u{2028}status=200".as_bytes());
+    req.extend_from_slice(b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let got = raw(addr, &req).await;
+    assert_eq!(statuses(&got), [400], "{got}");
+    let out = crate::support::terminate(child).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("path=/x"))
+        .unwrap_or_else(|| panic!("no access line:\n{stdout}"));
+    assert!(
+        line.contains(r"path=/x\xe2\x80\xa8status=200 "),
+        "not escaped: {line}"
+    );
+    assert!(line.contains("status=400"), "{line}");
+    assert!(!line.contains('\u{2028}'), "{line}");
+}
