@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use crate::client::TrustedProxies;
 use crate::forward_auth::{self, Original};
 use crate::gateway::GatewayConfig;
+use crate::gateway::headers::Peer;
 use crate::gateway::proxy::{Answered, Forward, Gateway, Sending, ServiceBody};
 use crate::guard::{Guard, Outcome};
 use crate::head::{self, HeadProblem};
@@ -285,14 +286,14 @@ impl App {
 
     /// Gateway mode: answer here (admin routes, head problems, denials —
     /// which never reach the upstream) or pass on.
-    pub fn gateway_step<B>(&self, req: &Request<B>, peer: IpAddr, tls: bool) -> Step {
+    pub fn gateway_step<B>(&self, req: &Request<B>, peer: &Peer, tls: bool) -> Step {
         let Some(gateway) = &self.gateway else {
-            return Step::Respond(self.handle(req, peer));
+            return Step::Respond(self.handle(req, peer.ip));
         };
         if head::check(req, self.max_header_bytes).is_err()
             || (!self.admin_listener && matches!(self.router.find(req), Match::Route(_)))
         {
-            return Step::Respond(self.handle(req, peer));
+            return Step::Respond(self.handle(req, peer.ip));
         }
         if !gateway.host_allowed(req) {
             let response = self
@@ -307,12 +308,12 @@ impl App {
         }
         let start = Instant::now();
         let head = req.method() == Method::HEAD;
-        let client = self.trusted.client(peer, req.headers());
+        let client = self.trusted.client(peer.ip, req.headers());
         let path = crate::routes::normalize(req.uri().path());
         let forward = |key_label| Forward {
-            peer,
+            peer: peer.clone(),
             client,
-            peer_trusted: self.trusted.contains(peer),
+            peer_trusted: self.trusted.contains(peer.ip),
             proto: if tls { "https" } else { "http" },
             key_label,
             start,
@@ -338,7 +339,7 @@ impl App {
                     original: None,
                 };
                 if self.access_log {
-                    self.log_access(req, peer, &answer, elapsed);
+                    self.log_access(req, peer.ip, &answer, elapsed);
                 }
                 Step::Respond(answer.response)
             }
@@ -363,7 +364,7 @@ impl App {
                 method: req.method().clone(),
                 path: req.uri().path().to_owned(),
                 version: req.version(),
-                peer: forward.peer,
+                peer: forward.peer.ip,
                 client: forward.client,
                 label: forward.key_label.clone(),
             })

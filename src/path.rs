@@ -31,20 +31,32 @@
 /// matched and passed on as it is. `*` (`OPTIONS *`) is left to the caller.
 #[inline]
 pub(crate) fn is_safe(path: &str) -> bool {
-    let bytes = path.as_bytes();
-    // The common path: visible ASCII without `%`, `\` or a segment that
-    // starts with a dot (one pass, no allocation).
-    let mut plain = true;
-    let mut prev = 0u8;
-    for &b in bytes {
-        if !b.is_ascii_graphic() || b == b'%' || b == b'\\' || (b == b'.' && prev == b'/') {
-            plain = false;
-            break;
+    // The common path is visible ASCII without `%`, `\` or a segment that
+    // starts with a dot: one table look-up per byte, no allocation.
+    let mut prev = b'/';
+    for &b in path.as_bytes() {
+        if NEEDS_A_LOOK[usize::from(b)] && (b != b'.' || prev == b'/') {
+            return segments_are_safe(path.as_bytes());
         }
         prev = b;
     }
-    plain || segments_are_safe(bytes)
+    true
 }
+
+/// The bytes that send a path to the full check: all but visible ASCII, and
+/// `%`, `\`, `.` (the last only at the start of a segment).
+const NEEDS_A_LOOK: [bool; 256] = {
+    let mut table = [true; 256];
+    let mut b = 0x21;
+    while b < 0x7f {
+        table[b] = false;
+        b += 1;
+    }
+    table[b'%' as usize] = true;
+    table[b'\\' as usize] = true;
+    table[b'.' as usize] = true;
+    table
+};
 
 #[cold]
 fn segments_are_safe(bytes: &[u8]) -> bool {

@@ -37,34 +37,48 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Removed from every request: fields that make an upstream framework act on
 /// another method or path than the one authorised, and hop-by-hop leftovers.
-const ALWAYS_STRIPPED: [HeaderName; 7] = [
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-http-method"),
-    HeaderName::from_static("x-method-override"),
-    HeaderName::from_static("x-original-url"),
-    HeaderName::from_static("x-rewrite-url"),
-    HTTP2_SETTINGS,
-    http::header::TRAILER,
+const ALWAYS_STRIPPED: [&str; 7] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "http2-settings",
+    "trailer",
 ];
 
-/// Removed unless the peer is a trusted proxy: a client's claims about its
-/// address and the request's outer form (`X-Forwarded-*` other than the
-/// three tokengate sets are matched by prefix).
-const CLAIMS: [HeaderName; 3] = [
-    http::header::FORWARDED,
-    HeaderName::from_static("client-ip"),
-    HeaderName::from_static("true-client-ip"),
-];
+/// The connecting peer: its address, and that address as a header value,
+/// written once per connection (a request's `X-Forwarded-For` and
+/// `X-Real-IP` share it instead of formatting and allocating their own).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The address.
+    pub ip: IpAddr,
+    /// The address as text.
+    pub text: HeaderValue,
+}
+
+impl Peer {
+    /// `ip` and its text.
+    pub fn new(ip: IpAddr) -> Self {
+        let mut buf = [0u8; 48];
+        let len = write_ip(&mut buf, ip);
+        Peer {
+            ip,
+            text: HeaderValue::from_bytes(&buf[..len])
+                .expect("an address written as text is a valid header value"),
+        }
+    }
+}
 
 /// What tokengate knows about the request it passes on.
 #[derive(Debug, Clone, Copy)]
 pub struct Hop<'a> {
     /// The connecting peer.
-    pub peer: IpAddr,
+    pub peer: &'a Peer,
     /// The client address tokengate determined (`X-Real-IP`).
     pub client: IpAddr,
     /// Whether the peer is a trusted proxy (its `X-Forwarded-For` is kept).
@@ -166,10 +180,15 @@ fn add_own(headers: &mut HeaderMap, hop: &Hop<'_>, present: Present) {
     if let Some(label) = hop.key_label {
         headers.insert(KEY_LABEL, label.clone());
     }
-    let mut buf = [0u8; 48];
-    let len = write_ip(&mut buf, hop.client);
-    if let Ok(real_ip) = HeaderValue::from_bytes(&buf[..len]) {
-        headers.insert(X_REAL_IP, real_ip);
+    // The client: the peer itself unless a trusted proxy named another.
+    if hop.client == hop.peer.ip {
+        headers.insert(X_REAL_IP, hop.peer.text.clone());
+    } else {
+        let mut buf = [0u8; 48];
+        let len = write_ip(&mut buf, hop.client);
+        if let Ok(real_ip) = HeaderValue::from_bytes(&buf[..len]) {
+            headers.insert(X_REAL_IP, real_ip);
+        }
     }
     let previous: Vec<&str> = if hop.peer_trusted && present.has(Present::FORWARDED_FOR) {
         // (Empty when `Connection` named it: it was stripped above.)
@@ -182,13 +201,10 @@ fn add_own(headers: &mut HeaderMap, hop: &Hop<'_>, present: Present) {
         Vec::new()
     };
     let forwarded_for = if !previous.is_empty() {
-        HeaderValue::try_from(format!("{}, {}", previous.join(", "), hop.peer)).ok()
+        HeaderValue::try_from(format!("{}, {}", previous.join(", "), hop.peer.ip)).ok()
     } else {
-        // The common case: just the peer, formatted on the stack and copied
-        // once into the header value.
-        let mut buf = [0u8; 48];
-        let len = write_ip(&mut buf, hop.peer);
-        HeaderValue::from_bytes(&buf[..len]).ok()
+        // The common case: just the peer, written once per connection.
+        Some(hop.peer.text.clone())
     };
     // `insert` replaces every earlier value.
     match forwarded_for {
@@ -236,13 +252,12 @@ struct Present(u16);
 /// was authorised (rare: a separate pass, only when the scan saw one).
 #[cold]
 fn strip_suspects(headers: &mut HeaderMap, hop: &Hop<'_>) {
-    for name in &ALWAYS_STRIPPED {
-        headers.remove(name);
-    }
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
-            (!hop.underscores && name.as_str().contains('_'))
+            let name = name.as_str();
+            ALWAYS_STRIPPED.contains(&name)
+                || (!hop.underscores && name.contains('_'))
                 || (!hop.peer_trusted && is_claim(name))
         })
         .cloned()
@@ -254,18 +269,18 @@ fn strip_suspects(headers: &mut HeaderMap, hop: &Hop<'_>) {
 
 /// A client's claim a trusted proxy may make: `Forwarded`, `Client-IP`,
 /// `True-Client-IP`, an `X-Forwarded-*` tokengate does not set.
-fn is_claim(name: &HeaderName) -> bool {
-    CLAIMS.contains(name)
-        || (name.as_str().starts_with("x-forwarded-")
-            && *name != X_FORWARDED_FOR
-            && *name != X_FORWARDED_HOST
-            && *name != X_FORWARDED_PROTO)
+fn is_claim(name: &str) -> bool {
+    matches!(name, "forwarded" | "client-ip" | "true-client-ip")
+        || (name.starts_with("x-forwarded-")
+            && !matches!(
+                name,
+                "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto"
+            ))
 }
 
-/// Whether step 3 has work on `name` (checked for every field: names compare
-/// as tags or by their bytes, no hashing).
-fn is_suspect(name: &HeaderName) -> bool {
-    ALWAYS_STRIPPED.contains(name) || is_claim(name) || name.as_str().contains('_')
+/// Whether step 3 has work on the field `name` (checked for every field).
+fn is_suspect(name: &str) -> bool {
+    ALWAYS_STRIPPED.contains(&name) || is_claim(name) || name.as_bytes().contains(&b'_')
 }
 
 impl Present {
@@ -285,30 +300,21 @@ impl Present {
     fn scan(headers: &HeaderMap, token_header: Option<&HeaderName>) -> Self {
         let mut bits = 0;
         for name in headers.keys() {
-            bits |= if name == CONNECTION {
-                Self::CONNECTION
-            } else if name == UPGRADE {
-                Self::UPGRADE
-            } else if name == TE {
-                Self::TE
-            } else if name == TRANSFER_ENCODING {
-                Self::TRANSFER_ENCODING
-            } else if name == AUTHORIZATION {
-                Self::AUTHORIZATION
-            } else if name == KEEP_ALIVE {
-                Self::KEEP_ALIVE
-            } else if name == PROXY_CONNECTION {
-                Self::PROXY_CONNECTION
-            } else if name == KEY_LABEL {
-                Self::KEY_LABEL
-            } else if name == X_FORWARDED_FOR {
-                Self::FORWARDED_FOR
-            } else if name == X_FORWARDED_HOST {
-                Self::FORWARDED_HOST
-            } else if is_suspect(name) {
-                Self::SUSPECT
-            } else {
-                0
+            // Names are lower case; comparing the text tests the length
+            // first, so most arms cost a compare or two.
+            bits |= match name.as_str() {
+                "connection" => Self::CONNECTION,
+                "upgrade" => Self::UPGRADE,
+                "te" => Self::TE,
+                "transfer-encoding" => Self::TRANSFER_ENCODING,
+                "authorization" => Self::AUTHORIZATION,
+                "keep-alive" => Self::KEEP_ALIVE,
+                "proxy-connection" => Self::PROXY_CONNECTION,
+                "x-auth-key-label" => Self::KEY_LABEL,
+                "x-forwarded-for" => Self::FORWARDED_FOR,
+                "x-forwarded-host" => Self::FORWARDED_HOST,
+                other if is_suspect(other) => Self::SUSPECT,
+                _ => 0,
             };
             // Apart from the chain: `--token-header` may name any field.
             if Some(name) == token_header {
@@ -364,6 +370,8 @@ mod tests {
     use super::*;
 
     static TOKEN_HEADER: HeaderName = HeaderName::from_static("x-token");
+    static PEER: std::sync::LazyLock<Peer> =
+        std::sync::LazyLock::new(|| Peer::new("192.0.2.10".parse().unwrap()));
     static HOST_VALUE: HeaderValue = HeaderValue::from_static("api.example");
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -379,7 +387,7 @@ mod tests {
 
     fn hop<'a>(label: Option<&'a HeaderValue>, trusted: bool, upgrade: bool) -> Hop<'a> {
         Hop {
-            peer: "192.0.2.10".parse().unwrap(),
+            peer: &*PEER,
             client: "192.0.2.10".parse().unwrap(),
             peer_trusted: trusted,
             underscores: false,

@@ -22,7 +22,7 @@ use rustls_pki_types::CertificateDer;
 use tracing::{debug, warn};
 
 use super::GatewayConfig;
-use super::headers::{Hop, for_client, for_upstream};
+use super::headers::{Hop, Peer, for_client, for_upstream};
 use super::pool::{self, Lease, Pool, UpstreamBody};
 use super::trailers::Untrailed;
 use super::tunnels::Tunnels;
@@ -70,8 +70,8 @@ impl std::fmt::Debug for Gateway {
 
 /// What the proxy needs to know of the request besides the request itself.
 pub struct Forward {
-    /// The connecting peer.
-    pub peer: IpAddr,
+    /// The connecting peer, and its address as text.
+    pub peer: Peer,
     /// The client address (the peer, or what a trusted proxy says).
     pub client: IpAddr,
     /// Whether the peer is a trusted proxy.
@@ -208,7 +208,7 @@ impl Gateway {
         for_upstream(
             &mut parts.headers,
             &Hop {
-                peer: hop.peer,
+                peer: &hop.peer,
                 client: hop.client,
                 peer_trusted: hop.peer_trusted,
                 underscores: self.underscore_headers,

@@ -367,10 +367,11 @@ fn gateway_service(
     let app = context.app.clone();
     let seen = activity.clone();
     let tls = context.tls.is_some();
+    let peer = crate::gateway::headers::Peer::new(peer_ip);
     service_fn(move |req: Request<Incoming>| {
         count_request(&app, &seen, &req);
         // Either future inline: a proxied request costs no boxed future.
-        match app.gateway_step(&req, peer_ip, tls) {
+        match app.gateway_step(&req, &peer, tls) {
             Step::Respond(response) => {
                 future::Either::Left(std::future::ready(Ok(response.map(Either::Left))))
             }
