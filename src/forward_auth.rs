@@ -119,11 +119,15 @@ pub fn original<'a, B>(req: &'a Request<B>, mount: &str, dialect: Dialect) -> Op
     // A fragment is never part of a request target: a proxy that forwards
     // `/reports/x#/../../admin` as it came would hand the upstream a path
     // this check never saw.
-    if target.contains('#') {
+    let bytes = target.as_bytes();
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(bytes.len());
+    if bytes[end..].contains(&b'#') {
         return None;
     }
-    let path = target.split('?').next().unwrap_or("");
-    let path = if path.is_empty() { "/" } else { path };
+    let path = if end == 0 { "/" } else { &target[..end] };
     if !crate::path::is_safe(path) {
         return None;
     }
@@ -135,6 +139,7 @@ pub fn original<'a, B>(req: &'a Request<B>, mount: &str, dialect: Dialect) -> Op
 
 /// The one value among `sources` that are present: `Some(None)` when none
 /// is, `None` when more than one is.
+#[inline]
 fn one_of<const N: usize>(sources: [Option<&str>; N]) -> Option<Option<&str>> {
     let mut present = sources.into_iter().flatten();
     match (present.next(), present.next()) {

@@ -29,16 +29,15 @@
 
 /// Whether `path` (a request target's path, without the query) may be
 /// matched and passed on as it is. `*` (`OPTIONS *`) is left to the caller.
-#[inline]
+#[inline(always)]
 pub(crate) fn is_safe(path: &str) -> bool {
     // The common path is visible ASCII without `%`, `\` or a segment that
     // starts with a dot: one table look-up per byte, no allocation.
-    let mut prev = b'/';
-    for &b in path.as_bytes() {
-        if NEEDS_A_LOOK[usize::from(b)] && (b != b'.' || prev == b'/') {
-            return segments_are_safe(path.as_bytes());
+    let bytes = path.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if NEEDS_A_LOOK[usize::from(b)] && (b != b'.' || i == 0 || bytes[i - 1] == b'/') {
+            return segments_are_safe(bytes);
         }
-        prev = b;
     }
     true
 }
