@@ -311,7 +311,7 @@ impl App {
         let client = self.trusted.client(peer.ip, req.headers());
         let path = crate::routes::normalize(req.uri().path());
         let forward = |key_label| Forward {
-            peer: peer.clone(),
+            peer: peer.ip,
             client,
             peer_trusted: self.trusted.contains(peer.ip),
             proto: if tls { "https" } else { "http" },
@@ -355,6 +355,7 @@ impl App {
         self: &Arc<Self>,
         req: Request<Incoming>,
         forward: Forward,
+        peer: &Peer,
     ) -> Option<Forwarding> {
         let gateway = self.gateway.as_ref()?;
         let start = forward.start;
@@ -364,12 +365,12 @@ impl App {
                 method: req.method().clone(),
                 path: req.uri().path().to_owned(),
                 version: req.version(),
-                peer: forward.peer.ip,
+                peer: forward.peer,
                 client: forward.client,
                 label: forward.key_label.clone(),
             })
         });
-        let sending = gateway.send(gateway.prepare(req, &forward, &self.token_header));
+        let sending = gateway.send(gateway.prepare(req, &forward, peer, &self.token_header));
         Some(Forwarding {
             sending,
             done: Some(Done {

@@ -97,15 +97,19 @@ pub fn original<'a, B>(req: &'a Request<B>, mount: &str, dialect: Dialect) -> Op
     let appended = req.uri().path().strip_prefix(mount).unwrap_or("");
     let (method, target) = match dialect {
         Dialect::Auto => {
+            let appended = (!appended.is_empty()).then_some(appended);
             let methods = [found.forwarded_method, found.original_method];
-            let targets = [
-                found.forwarded_uri,
-                found.original_uri,
-                url_path,
-                (!appended.is_empty()).then_some(appended),
-            ];
-            let method = one_of(methods)?;
-            let target = one_of(targets)?.unwrap_or("/");
+            let targets = [found.forwarded_uri, found.original_uri, url_path, appended];
+            // Two descriptions of one request: a client added one.
+            if methods.iter().flatten().count() > 1 || targets.iter().flatten().count() > 1 {
+                return None;
+            }
+            let method = found.forwarded_method.or(found.original_method);
+            let target = (found.forwarded_uri)
+                .or(found.original_uri)
+                .or(url_path)
+                .or(appended)
+                .unwrap_or("/");
             (method, target)
         }
         Dialect::Original => (Some(found.original_method?), found.original_uri?),
@@ -135,17 +139,6 @@ pub fn original<'a, B>(req: &'a Request<B>, mount: &str, dialect: Dialect) -> Op
         method,
         path: normalize(path),
     })
-}
-
-/// The one value among `sources` that are present: `Some(None)` when none
-/// is, `None` when more than one is.
-#[inline]
-fn one_of<const N: usize>(sources: [Option<&str>; N]) -> Option<Option<&str>> {
-    let mut present = sources.into_iter().flatten();
-    match (present.next(), present.next()) {
-        (first, None) => Some(first),
-        (_, Some(_)) => None,
-    }
 }
 
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");

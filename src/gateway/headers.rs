@@ -102,7 +102,7 @@ pub fn for_upstream(headers: &mut HeaderMap, hop: &Hop<'_>) {
     // Which of the fields to strip are there at all: one pass over the
     // request's fields (comparing names, no hashing) spares a hashed
     // `remove` for every absent one — most requests carry only the token.
-    let present = Present::scan(headers, Some(hop.token_header));
+    let present = Present::scan(headers, Some(hop.token_header), true);
     if present.has(Present::SUSPECT) {
         strip_suspects(headers, hop);
     }
@@ -138,6 +138,9 @@ pub fn for_upstream(headers: &mut HeaderMap, hop: &Hop<'_>) {
         headers.remove(KEY_LABEL);
     }
 
+    // Room for the five fields `add_own` may add: one growth of the map at
+    // most, not one per field.
+    headers.reserve(5);
     add_own(headers, hop, present);
 }
 
@@ -304,40 +307,42 @@ impl Present {
     const FORWARDED_HOST: u16 = 1 << 10;
     const SUSPECT: u16 = 1 << 11;
 
-    fn scan(headers: &HeaderMap, token_header: Option<&HeaderName>) -> Self {
+    /// `suspects`: look for step 3's fields too (a request head).
+    fn scan(headers: &HeaderMap, token_header: Option<&HeaderName>, suspects: bool) -> Self {
         let mut bits = 0;
         for name in headers.keys() {
-            bits |= Self::bit_of(name.as_str());
+            // Standard names compare as tags, others by length first.
+            bits |= if name == CONNECTION {
+                Self::CONNECTION
+            } else if name == UPGRADE {
+                Self::UPGRADE
+            } else if name == TE {
+                Self::TE
+            } else if name == TRANSFER_ENCODING {
+                Self::TRANSFER_ENCODING
+            } else if name == AUTHORIZATION {
+                Self::AUTHORIZATION
+            } else if name == KEEP_ALIVE {
+                Self::KEEP_ALIVE
+            } else if name == PROXY_CONNECTION {
+                Self::PROXY_CONNECTION
+            } else if name == KEY_LABEL {
+                Self::KEY_LABEL
+            } else if name == X_FORWARDED_FOR {
+                Self::FORWARDED_FOR
+            } else if name == X_FORWARDED_HOST {
+                Self::FORWARDED_HOST
+            } else if suspects && is_suspect(name.as_str()) {
+                Self::SUSPECT
+            } else {
+                0
+            };
             // Apart from the chain: `--token-header` may name any field.
             if Some(name) == token_header {
                 bits |= Self::TOKEN;
             }
         }
         Present(bits)
-    }
-
-    /// The bit of the field `name` (lower case): its length and first byte
-    /// pick the one candidate its text is compared with.
-    #[inline]
-    fn bit_of(name: &str) -> u16 {
-        let bit = match (name.len(), name.as_bytes().first()) {
-            (10, Some(b'c')) if name == "connection" => Self::CONNECTION,
-            (7, Some(b'u')) if name == "upgrade" => Self::UPGRADE,
-            (2, Some(b't')) if name == "te" => Self::TE,
-            (17, Some(b't')) if name == "transfer-encoding" => Self::TRANSFER_ENCODING,
-            (13, Some(b'a')) if name == "authorization" => Self::AUTHORIZATION,
-            (10, Some(b'k')) if name == "keep-alive" => Self::KEEP_ALIVE,
-            (16, Some(b'p')) if name == "proxy-connection" => Self::PROXY_CONNECTION,
-            (16, Some(b'x')) if name == "x-auth-key-label" => Self::KEY_LABEL,
-            (15, Some(b'x')) if name == "x-forwarded-for" => Self::FORWARDED_FOR,
-            (16, Some(b'x')) if name == "x-forwarded-host" => Self::FORWARDED_HOST,
-            _ => 0,
-        };
-        if bit == 0 && is_suspect(name) {
-            Self::SUSPECT
-        } else {
-            bit
-        }
     }
 
     fn has(self, bit: u16) -> bool {
@@ -366,7 +371,7 @@ impl Present {
 /// The hop-by-hop fields of a response head, stripped before it goes back
 /// to the client (the same rules: what `Connection` names, then the fields).
 pub fn for_client(headers: &mut HeaderMap, upgrade: bool) {
-    let present = Present::scan(headers, None);
+    let present = Present::scan(headers, None, false);
     if present.has(Present::CONNECTION) {
         for name in connection_named(headers) {
             if !(upgrade && name == UPGRADE) {

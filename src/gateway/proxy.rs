@@ -70,8 +70,8 @@ impl std::fmt::Debug for Gateway {
 
 /// What the proxy needs to know of the request besides the request itself.
 pub struct Forward {
-    /// The connecting peer, and its address as text.
-    pub peer: Peer,
+    /// The connecting peer.
+    pub peer: IpAddr,
     /// The client address (the peer, or what a trusted proxy says).
     pub client: IpAddr,
     /// Whether the peer is a trusted proxy.
@@ -178,6 +178,7 @@ impl Gateway {
         &self,
         mut req: Request<Incoming>,
         hop: &Forward,
+        peer: &Peer,
         token_header: &http::HeaderName,
     ) -> Prepared {
         let client_h2 = req.version() == Version::HTTP_2;
@@ -208,7 +209,7 @@ impl Gateway {
         for_upstream(
             &mut parts.headers,
             &Hop {
-                peer: &hop.peer,
+                peer,
                 client: hop.client,
                 peer_trusted: hop.peer_trusted,
                 underscores: self.underscore_headers,

@@ -375,7 +375,7 @@ fn gateway_service(
             Step::Respond(response) => {
                 future::Either::Left(std::future::ready(Ok(response.map(Either::Left))))
             }
-            Step::Forward(forward) => match app.forward(req, forward) {
+            Step::Forward(forward) => match app.forward(req, forward, &peer) {
                 Some(forwarding) => future::Either::Right(forwarding.map(Ok)),
                 None => {
                     future::Either::Left(std::future::ready(Ok(app.not_found().map(Either::Left))))
