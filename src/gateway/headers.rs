@@ -138,9 +138,6 @@ pub fn for_upstream(headers: &mut HeaderMap, hop: &Hop<'_>) {
         headers.remove(KEY_LABEL);
     }
 
-    // Room for the five fields `add_own` may add: one growth of the map at
-    // most, not one per field.
-    headers.reserve(5);
     add_own(headers, hop, present);
 }
 
