@@ -473,7 +473,15 @@ impl App {
             original: None,
         };
         if let Err(problem) = head::check(req, self.max_header_bytes) {
-            return answer(self.rejection(problem, head), self.other, None);
+            let response = match problem {
+                // Envoy's form of forward auth (the path after the mount):
+                // the original request is unknowable, as with a header.
+                HeadProblem::UnsafePath if self.is_forward_auth(req) => {
+                    self.forward.unknowable.respond(head)
+                }
+                problem => self.rejection(problem, head),
+            };
+            return answer(response, self.other, None);
         }
         let route = match self.router.find(req) {
             Match::Route(route) => route,
@@ -596,6 +604,12 @@ impl App {
         }
     }
 
+    /// Whether `req` is for `/auth/verify` (or a path under it).
+    #[cold]
+    fn is_forward_auth<B>(&self, req: &Request<B>) -> bool {
+        matches!(self.router.find(req), Match::Route(r) if r.route.handler == Handler::ForwardAuth)
+    }
+
     #[cold]
     fn rejection(&self, problem: HeadProblem, head: bool) -> Response<Body> {
         match problem {
@@ -603,7 +617,9 @@ impl App {
             HeadProblem::HeaderFieldsTooLarge => {
                 self.responses.header_fields_too_large.respond(head)
             }
-            HeadProblem::BadRequest => self.responses.bad_request.respond(head),
+            HeadProblem::BadRequest | HeadProblem::UnsafePath => {
+                self.responses.bad_request.respond(head)
+            }
             HeadProblem::Connect => self.responses.connect_not_allowed.respond(head),
         }
     }

@@ -20,9 +20,12 @@ pub enum HeadProblem {
     /// Too many header fields, or too many bytes of them: 431.
     HeaderFieldsTooLarge,
     /// Missing or repeated `Host`, a `Host` that is not the target's or
-    /// `:authority`'s authority, a target in a form the method does not
-    /// allow (`GET public`, `GET *`), or a path `crate::path` refuses: 400.
+    /// `:authority`'s authority, or a target in a form the method does not
+    /// allow (`GET public`, `GET *`): 400.
     BadRequest,
+    /// A path `crate::path` refuses (a dot segment, an escaped separator,
+    /// …): 400, or the forward-auth refusal under `/auth/verify/`.
+    UnsafePath,
     /// `CONNECT`: no route tunnels, so 405.
     Connect,
 }
@@ -80,7 +83,7 @@ pub fn check<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), HeadPro
     }
     // Dot segments, escaped separators and the rest of `crate::path`'s list.
     if !asterisk && !crate::path::is_safe(path) {
-        return Err(HeadProblem::BadRequest);
+        return Err(HeadProblem::UnsafePath);
     }
     Ok(())
 }

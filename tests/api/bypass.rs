@@ -543,3 +543,49 @@ async fn a_path_cannot_forge_an_access_log_field() {
     assert!(line.contains("status=400"), "{line}");
     assert!(!line.contains('\u{2028}'), "{line}");
 }
+
+/// Item 3 in forward auth: an unsafe original path — in a header or after
+/// the mount (Envoy's form) — is 403 `bad-original-request`, never a 200
+/// nor a 400 (nginx turns every status but 401/403 into a 500).
+#[tokio::test]
+async fn forward_auth_refuses_unsafe_original_paths() {
+    let s = TestServer::with(keys_from(KEYS), AppConfig::default(), Limits::default()).await;
+    for (target, extra) in [
+        ("/auth/verify/reports/../admin", ""),
+        ("/auth/verify/reports/%2e%2e/admin", ""),
+        ("/auth/verify/reports/%10", ""),
+        (
+            "/auth/verify",
+            "X-Original-Method: GET\r\nX-Original-URI: /reports/../admin\r\n",
+        ),
+        (
+            "/auth/verify",
+            "X-Original-Method: GET\r\nX-Original-URI: /reports/x#/../../admin\r\n",
+        ),
+        (
+            "/auth/verify",
+            "X-Original-Method: GET\r\nX-Original-URI: /reports/..%2fadmin\r\n",
+        ),
+    ] {
+        let got = raw(
+            s.addr,
+            &get(target, &format!("X-Token: reports-only-key\r\n{extra}")),
+        )
+        .await;
+        assert_eq!(statuses(&got), [403], "{target} {extra}: {got}");
+        assert!(
+            got.contains("x-tokengate-reason: bad-original-request"),
+            "{got}"
+        );
+    }
+    // The same key, a path inside its scope: allowed.
+    let got = raw(
+        s.addr,
+        &get(
+            "/auth/verify",
+            "X-Token: reports-only-key\r\nX-Original-Method: GET\r\nX-Original-URI: /reports/x\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(statuses(&got), [200], "{got}");
+}
