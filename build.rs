@@ -1,57 +1,60 @@
-//! Link settings for the release binary that cut its resident memory (issue 11: idle RSS).
+//! An opt-in link layout for the container image's static binary, and nothing
+//! else: a default `cargo build --release` gets no link option from here, so
+//! it runs on every glibc from 2.34 on (Debian 12, Ubuntu 22.04, RHEL 9,
+//! Amazon Linux 2023).
 //!
-//! - `--symbol-ordering-file=src/symbol-order.txt` (`symbol-order-static.txt`
-//!   for the container image's crt-static binary): the functions a running server executes
-//!   (start-up and the request paths, from a profile: `scripts/symbol-order`) are laid out
-//!   together, hottest first. The kernel maps code in 64 KiB windows around each touched page,
-//!   so scattered functions made ~2.5 MiB of text resident; packed, ~1 MiB. Names missing from
-//!   the binary (a stale file) are skipped by the linker: the layout degrades, the program does
-//!   not change.
-//! - `-z pack-relative-relocs` (DT_RELR): the position-independent executable's relative
-//!   relocations in a compact table (~2 KiB instead of ~200 KiB that the dynamic loader reads
-//!   at every start). Needs glibc 2.36 or newer at run time (Debian 12, Ubuntu 22.10).
+//! With `TOKENGATE_LINK_LAYOUT=on` (set by `scripts/image` and
+//! `deploy/Dockerfile`), a release build of the crt-static binary for
+//! x86_64-unknown-linux-gnu, linked by LLD, gets:
 //!
-//! Both are linker options of LLD, which rustc uses by default for x86_64-unknown-linux-gnu
-//! since 1.90; elsewhere (another target, an older compiler, a linker chosen in RUSTFLAGS) or
-//! with `TOKENGATE_LINK_LAYOUT=off`, nothing is added.
+//! - `--symbol-ordering-file=deploy/symbol-order.txt`: the functions a
+//!   running server executes (from a profile: `scripts/symbol-order`) laid out
+//!   together, so fewer pages of code become resident. Names missing from the
+//!   binary (a stale file) are skipped by the linker: the layout degrades, the
+//!   program does not change.
+//! - `-z pack-relative-relocs` (DT_RELR): relative relocations in a compact
+//!   table. A dynamically linked binary would then need glibc 2.36 at run
+//!   time; the static binary carries its own C library, so it only affects the
+//!   image.
+//!
+//! Anything else (another target, a dynamic binary, a linker chosen in
+//! RUSTFLAGS, a compiler before 1.90, whose default linker is not LLD): a
+//! warning, and no option.
 
 use std::env;
 use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=src/symbol-order.txt");
-    println!("cargo:rerun-if-changed=src/symbol-order-static.txt");
+    println!("cargo:rerun-if-changed=deploy/symbol-order.txt");
     println!("cargo:rerun-if-env-changed=TOKENGATE_LINK_LAYOUT");
 
-    if env::var("TOKENGATE_LINK_LAYOUT").is_ok_and(|v| v == "off") {
+    if env::var("TOKENGATE_LINK_LAYOUT").as_deref() != Ok("on") {
         return;
     }
     if env::var("PROFILE").as_deref() != Ok("release") {
         return;
     }
+    let skip = |why: &str| println!("cargo:warning=TOKENGATE_LINK_LAYOUT=on ignored: {why}");
     if env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu") {
-        return;
+        return skip("the layout is for x86_64-unknown-linux-gnu");
+    }
+    let statik =
+        env::var("CARGO_CFG_TARGET_FEATURE").is_ok_and(|f| f.split(',').any(|f| f == "crt-static"));
+    if !statik {
+        return skip("the layout is for the static binary (-C target-feature=+crt-static)");
     }
     let rustflags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
     if rustflags.contains("linker") || rustflags.contains("fuse-ld") {
-        return;
+        return skip("RUSTFLAGS chooses a linker");
     }
     if !rustc_uses_lld_by_default() {
-        return;
+        return skip("the compiler's default linker is not LLD (rustc 1.90 or newer)");
     }
     let Ok(dir) = env::var("CARGO_MANIFEST_DIR") else {
         return;
     };
-    // The container image's static binary (crt-static) has other symbol
-    // names (other flags, other metadata hashes), so a profile of its own.
-    let statik =
-        env::var("CARGO_CFG_TARGET_FEATURE").is_ok_and(|f| f.split(',').any(|f| f == "crt-static"));
-    let order = if statik {
-        format!("{dir}/src/symbol-order-static.txt")
-    } else {
-        format!("{dir}/src/symbol-order.txt")
-    };
+    let order = format!("{dir}/deploy/symbol-order.txt");
     if std::path::Path::new(&order).is_file() {
         println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={order}");
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
