@@ -31,7 +31,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use super::io::ReadCounter;
-use super::streams::{StreamExecutor, Streams, Turn};
+use super::streams::{StreamExecutor, Streams};
 use super::watchdog::{Activity, Command, ConnectionTable, Entry, bump};
 use crate::app::{App, Step};
 use crate::gateway::proxy::ServiceBody;
@@ -451,39 +451,19 @@ where
     C: Shutdown,
 {
     let mut graceful = false;
-    // The HTTP/2 turn and streams, boxed at the first turn: an HTTP/1
+    // The HTTP/2 streams that wait, boxed at the first HTTP/2 poll: an HTTP/1
     // connection's task (and every idle one's) carries one pointer for them.
-    let mut inline: Option<Box<(Turn, Streams)>> = None;
+    let mut inline: Option<Box<Streams>> = None;
     std::future::poll_fn(|cx| {
         loop {
             // Known HTTP/2 once its first request was counted (the first
             // request's stream is spawned: it is handed over before that).
             let h2 = inline_streams && activity.h2.load(Relaxed);
             let polled = if h2 {
-                let (turn, streams) = &mut **inline
-                    .get_or_insert_with(|| Box::new((Turn::new(), Streams::default())));
-                turn.begin(cx.waker());
-                streams.begin_turn(turn);
-                let mut polled = turn.poll(|tcx| streams.poll_conn(|| conn.as_mut().poll(tcx)));
-                // The streams handed over answer now, and the connection
-                // writes what they queued in this same turn: HEADERS, then
-                // DATA once the connection gave the stream its capacity
-                // (three polls of the connection at most, then the task
-                // yields).
-                let mut polls = 1;
-                while polled.is_pending() && polls < 3 && turn.with(|tcx| streams.poll(tcx)) {
-                    polled = turn.poll(|tcx| streams.poll_conn(|| conn.as_mut().poll(tcx)));
-                    polls += 1;
-                }
-                // Always ends the turn, so that wakes reach the task again.
-                // Woken after the last poll (by what the last streams queued,
-                // or by a budget that ran out), or handed streams by it that
-                // have not run (nothing else would wake the task for them):
-                // run again, after the other tasks.
-                if (turn.end(streams.has_waiting()) || streams.has_fresh()) && polled.is_pending() {
-                    cx.waker().wake_by_ref();
-                }
-                polled
+                let streams = inline.get_or_insert_with(Box::default);
+                // Waiting streams first: what they queue, this poll writes.
+                streams.poll_waiting(cx);
+                streams.poll_conn(cx, |cx| conn.as_mut().poll(cx))
             } else {
                 conn.as_mut().poll(cx)
             };
@@ -649,7 +629,7 @@ mod drive_tests {
     }
 
     #[test]
-    fn streams_handed_over_by_a_turns_last_poll_get_another_turn() {
+    fn streams_handed_over_run_inside_each_poll_and_nothing_is_left_behind() {
         let ran = Arc::new(AtomicUsize::new(0));
         let activity = Activity::default();
         activity.h2.store(true, Relaxed);
@@ -661,23 +641,12 @@ mod drive_tests {
         let waker = Waker::from(task.clone());
         let mut cx = Context::from_waker(&waker);
 
-        // The first turn runs its streams at once, inside the poll.
-        assert!(driving.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(ran.load(SeqCst), 2);
-        assert_eq!(task.0.load(SeqCst), 0);
-
-        // After two, they run after each poll: a turn polls the connection
-        // three times; the streams of the first two polls ran, the third's
-        // wait, and only another turn runs them: the task must have been
-        // woken for them.
-        assert!(driving.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(ran.load(SeqCst), 6);
-        assert_eq!(task.0.load(SeqCst), 1, "the task was not woken");
-
-        assert!(driving.as_mut().poll(&mut cx).is_pending());
-        assert!(
-            ran.load(SeqCst) >= 8,
-            "the waiting streams ran in the next turn"
-        );
+        // Each poll of the task polls the connection once, which hands two
+        // streams over; both run inside that poll, none is left for later.
+        for turn in 1..=3 {
+            assert!(driving.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(ran.load(SeqCst), 2 * turn);
+        }
+        assert_eq!(task.0.load(SeqCst), 0, "no wake needed: nothing waits");
     }
 }
