@@ -461,9 +461,11 @@ where
             let h2 = inline_streams && activity.h2.load(Relaxed);
             let polled = if h2 {
                 let streams = inline.get_or_insert_with(Box::default);
-                // Waiting streams first: what they queue, this poll writes.
-                streams.poll_waiting(cx);
-                streams.poll_conn(cx, |cx| conn.as_mut().poll(cx))
+                let polled = streams.poll_conn(|| conn.as_mut().poll(cx));
+                // What the streams answer wakes the task: its next poll of
+                // the connection writes their answers, together.
+                streams.run(cx);
+                polled
             } else {
                 conn.as_mut().poll(cx)
             };
@@ -642,7 +644,7 @@ mod drive_tests {
         let mut cx = Context::from_waker(&waker);
 
         // Each poll of the task polls the connection once, which hands two
-        // streams over; both run inside that poll, none is left for later.
+        // streams over; both run right after it, none is left for later.
         for turn in 1..=3 {
             assert!(driving.as_mut().poll(&mut cx).is_pending());
             assert_eq!(ran.load(SeqCst), 2 * turn);
