@@ -415,19 +415,21 @@ impl App {
                 label,
             } = *logged;
             let key = label.as_ref().and_then(|l| l.to_str().ok()).unwrap_or("-");
-            let bytes = http_body::Body::size_hint(response.body())
-                .exact()
-                .map_or_else(|| "-".to_owned(), |n| n.to_string());
+            // A number, as on tokengate's own lines; absent when the
+            // upstream's body is streamed without a length.
+            let bytes: Option<u64> = http_body::Body::size_hint(response.body()).exact();
             tracing::info!(
                 target: "tokengate::access",
                 peer = %peer,
                 client = %client,
                 upstream = true,
+                original_method = "-",
+                original_path = "-",
                 method = %method,
                 path = %Escaped(&path),
                 protocol = ?version,
                 status = response.status().as_u16(),
-                bytes = %bytes,
+                bytes,
                 duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
                 key = %key,
             );
@@ -642,6 +644,7 @@ impl App {
             target: "tokengate::access",
             peer = %peer,
             client = %answer.client,
+            upstream = false,
             original_method = %original_method,
             original_path = %Escaped(original_path),
             method = %req.method(),

@@ -28,9 +28,7 @@ fn main() -> ExitCode {
     let config = match Config::from_args(&args, std::env::var_os(TOKEN_ENV)) {
         Ok(config) => config,
         Err(e) => {
-            error!("configuration error: {e}");
-            eprintln!("tokengate: {e}");
-            return ExitCode::from(2);
+            return start_up_error(e);
         }
     };
     if config.sources.env_key.is_some()
@@ -91,9 +89,7 @@ async fn run(
         Some(files) => match Tls::new(files.clone()) {
             Ok(tls) => Some(Arc::new(tls)),
             Err(e) => {
-                error!("configuration error: {e}");
-                eprintln!("tokengate: {e}");
-                return ExitCode::from(2);
+                return start_up_error(e);
             }
         },
     };
@@ -115,9 +111,7 @@ async fn run(
     let (listener, origin) = match listener(&config) {
         Ok(l) => l,
         Err(e) => {
-            error!(listen = %config.listen, error = %e, "cannot bind");
-            eprintln!("tokengate: --listen {}: cannot bind: {e}", config.listen);
-            return ExitCode::from(2);
+            return start_up_error(format_args!("--listen {}: cannot bind: {e}", config.listen));
         }
     };
     let local = listener.local_addr().unwrap_or(config.listen);
@@ -129,20 +123,16 @@ async fn run(
         {
             Ok(l) => Some(l),
             Err(e) => {
-                error!(listen = %addr, error = %e, "cannot bind the admin listener");
-                eprintln!("tokengate: --admin-listen {addr}: cannot bind: {e}");
-                return ExitCode::from(2);
+                return start_up_error(format_args!("--admin-listen {addr}: cannot bind: {e}"));
             }
         },
     };
     config.keys.warn_expiring();
     if config.demo_key && !tokengate::config::demo_allowed(local, config.app.gateway.is_some()) {
         // An inherited socket (systemd) that is not loopback.
-        error!(address = %local, "no key configured and the listener is not loopback");
-        eprintln!(
-            "tokengate: no key configured: set TOKENGATE_TOKEN or --token-file (the demo key is used only on a loopback address)"
-        );
-        return ExitCode::from(2);
+        return start_up_error(format_args!(
+            "no key configured and {local} is not loopback: set TOKENGATE_TOKEN or --token-file (the demo key is used only on a loopback address)"
+        ));
     }
     if config.demo_key {
         warn!(
@@ -303,4 +293,15 @@ fn hash_token() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A start-up error: one line on stderr, exit code 2. The log's ERROR line
+/// (in the chosen format), or a plain one when `RUST_LOG` turned errors off.
+fn start_up_error(problem: impl std::fmt::Display) -> ExitCode {
+    if tracing::enabled!(tracing::Level::ERROR) {
+        error!("configuration error: {problem}");
+    } else {
+        eprintln!("tokengate: {problem}");
+    }
+    ExitCode::from(2)
 }
