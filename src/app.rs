@@ -19,9 +19,10 @@ use crate::forward_auth::{self, Original};
 use crate::gateway::GatewayConfig;
 use crate::gateway::headers::Peer;
 use crate::gateway::proxy::{Answered, Forward, Gateway, Sending, ServiceBody};
-use crate::guard::{Guard, Outcome};
+use crate::guard::Guard;
 use crate::head::{self, HeadProblem};
 use crate::keys::KeySet;
+use crate::keys::Outcome;
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics::{DroppedSource, Metrics};
 use crate::openapi;
@@ -290,7 +291,7 @@ impl App {
         let Some(gateway) = &self.gateway else {
             return Step::Respond(self.handle(req, peer.ip));
         };
-        if head::check(req, self.max_header_bytes).is_err()
+        if head::validate(req, self.max_header_bytes).is_err()
             || (!self.admin_listener && matches!(self.router.find(req), Match::Route(_)))
         {
             return Step::Respond(self.handle(req, peer.ip));
@@ -324,7 +325,7 @@ impl App {
         let metrics = self.metrics_on.then_some(&self.metrics);
         let decided = self
             .guard
-            .check(req.headers(), client, req.method(), &path, metrics);
+            .decide(req.headers(), client, req.method(), &path, metrics);
         match self.denial(&decided.outcome, head) {
             Some(response) => {
                 let elapsed = start.elapsed();
@@ -474,7 +475,7 @@ impl App {
             client,
             original: None,
         };
-        if let Err(problem) = head::check(req, self.max_header_bytes) {
+        if let Err(problem) = head::validate(req, self.max_header_bytes) {
             let response = match problem {
                 // Envoy's form of forward auth (the path after the mount):
                 // the original request is unknowable, as with a header.
@@ -510,7 +511,7 @@ impl App {
             Access::Public => None,
             Access::Protected => {
                 let metrics = self.metrics_on.then_some(&self.metrics);
-                let decided = self.guard.check(
+                let decided = self.guard.decide(
                     req.headers(),
                     client,
                     req.method(),
@@ -560,7 +561,7 @@ impl App {
             return answer;
         };
         let metrics = self.metrics_on.then_some(&self.metrics);
-        let decided = self.guard.check(
+        let decided = self.guard.decide(
             req.headers(),
             client,
             &original.method,

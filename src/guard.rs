@@ -4,32 +4,14 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, Method};
 use prometheus_client::metrics::counter::Counter;
 
-use crate::keys::{Key, KeyId, KeySet};
+use crate::keys::{Key, KeyId, KeySet, Outcome};
 use crate::metrics::Metrics;
 use crate::throttle::{Throttle, ThrottleConfig};
-
-/// What the guard decided about a request's credential.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// A configured key was presented.
-    Valid(KeyId),
-    /// No credential was presented.
-    Missing,
-    /// A credential was presented and is wrong (or ambiguous: repeated fields).
-    Invalid,
-    /// A configured key whose `expires=` has passed: refused like a wrong one.
-    Expired(KeyId),
-    /// A valid key whose scopes do not cover the request: 403.
-    Forbidden(KeyId),
-    /// The client is over its failed-credential limit: 429 for this long.
-    Throttled(Duration),
-}
 
 /// The accepted keys and, aligned with them, their `ok` metric counters:
 /// swapped together, atomically, on reload.
@@ -99,7 +81,7 @@ impl Guard {
     /// set, so the key the outcome names is read from the set that decided (a
     /// reload in between cannot swap it for another).
     #[inline]
-    pub fn check(
+    pub fn decide(
         &self,
         headers: &HeaderMap,
         client: IpAddr,

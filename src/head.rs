@@ -32,7 +32,7 @@ pub enum HeadProblem {
 
 /// Checks the head of `req` against `max_header_bytes` (`--max-header-bytes`).
 #[inline(always)]
-pub fn check<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), HeadProblem> {
+pub fn validate<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), HeadProblem> {
     let uri = req.uri();
     if target_len(uri) > MAX_TARGET_BYTES {
         return Err(HeadProblem::UriTooLong);
@@ -125,7 +125,7 @@ mod tests {
 
     #[test]
     fn request_target_forms() {
-        let ok = |m: Method, t: &str| check(&req(m, t), DEFAULT_MAX_HEADER_BYTES);
+        let ok = |m: Method, t: &str| validate(&req(m, t), DEFAULT_MAX_HEADER_BYTES);
         assert_eq!(ok(Method::GET, "/public"), Ok(()));
         assert_eq!(ok(Method::GET, "http://t/public"), Ok(()));
         assert_eq!(ok(Method::GET, "http://t"), Ok(()));
@@ -139,7 +139,7 @@ mod tests {
     fn host_must_be_the_authority() {
         let ok = |target: &str, host: &str| {
             let r = Request::get(target).header(HOST, host).body(()).unwrap();
-            check(&r, DEFAULT_MAX_HEADER_BYTES)
+            validate(&r, DEFAULT_MAX_HEADER_BYTES)
         };
         assert_eq!(ok("http://api.example/x", "API.example"), Ok(()));
         assert_eq!(
@@ -156,7 +156,7 @@ mod tests {
             .unwrap();
         *h2.version_mut() = Version::HTTP_2;
         assert_eq!(
-            check(&h2, DEFAULT_MAX_HEADER_BYTES),
+            validate(&h2, DEFAULT_MAX_HEADER_BYTES),
             Err(HeadProblem::BadRequest)
         );
         // Two `host` fields, one of them the authority's.
@@ -167,7 +167,7 @@ mod tests {
             .unwrap();
         *two.version_mut() = Version::HTTP_2;
         assert_eq!(
-            check(&two, DEFAULT_MAX_HEADER_BYTES),
+            validate(&two, DEFAULT_MAX_HEADER_BYTES),
             Err(HeadProblem::BadRequest)
         );
     }
@@ -176,13 +176,13 @@ mod tests {
     fn sizes() {
         let long = format!("/{}", "a".repeat(MAX_TARGET_BYTES));
         assert_eq!(
-            check(&req(Method::GET, &long), DEFAULT_MAX_HEADER_BYTES),
+            validate(&req(Method::GET, &long), DEFAULT_MAX_HEADER_BYTES),
             Err(HeadProblem::UriTooLong)
         );
         let mut r = req(Method::GET, "/public");
         r.headers_mut()
             .insert("x-big", "v".repeat(2000).parse().unwrap());
-        assert_eq!(check(&r, 1024), Err(HeadProblem::HeaderFieldsTooLarge));
-        assert_eq!(check(&r, 4096), Ok(()));
+        assert_eq!(validate(&r, 1024), Err(HeadProblem::HeaderFieldsTooLarge));
+        assert_eq!(validate(&r, 4096), Ok(()));
     }
 }

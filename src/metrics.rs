@@ -19,8 +19,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::guard::Outcome;
 use crate::keys::KeySet;
+use crate::keys::Outcome;
 use crate::routes::RouteIndex;
 
 /// Reads the access-log writer's count of dropped lines.

@@ -28,19 +28,36 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 
 use http::header::AUTHORIZATION;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
-
-use crate::guard::Outcome;
 
 pub mod file;
 pub mod scope;
 
 pub use file::{KeyError, KeySources, LineProblem, TokenProblem};
 pub use scope::{Methods, PathPattern, Scope, ScopeProblem};
+
+/// What the guard decided about a request's credential (here, beside the
+/// key ids it names, so that the guard, the metrics and the key set share it
+/// without importing one another).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A configured key was presented.
+    Valid(KeyId),
+    /// No credential was presented.
+    Missing,
+    /// A credential was presented and is wrong (or ambiguous: repeated fields).
+    Invalid,
+    /// A configured key whose `expires=` has passed: refused like a wrong one.
+    Expired(KeyId),
+    /// A valid key whose scopes do not cover the request: 403.
+    Forbidden(KeyId),
+    /// The client is over its failed-credential limit: 429 for this long.
+    Throttled(Duration),
+}
 
 /// A SHA-256 digest of a token. Equality is constant-time.
 #[derive(Clone, Copy, Eq)]
@@ -355,7 +372,7 @@ impl KeySet {
     /// `Authorization: Bearer <token>` is used. Two or more fields of the
     /// header that carries the credential are always [`Outcome::Invalid`].
     #[inline]
-    pub fn check(&self, headers: &HeaderMap, token_header: &HeaderName) -> Outcome {
+    pub fn outcome_for(&self, headers: &HeaderMap, token_header: &HeaderName) -> Outcome {
         match credential(headers, token_header) {
             Ok(token) => match self.verify(token) {
                 Some(id) => Outcome::Valid(id),
@@ -365,7 +382,7 @@ impl KeySet {
         }
     }
 
-    /// [`KeySet::check`], then the key's expiry and scopes against the
+    /// [`KeySet::outcome_for`], then the key's expiry and scopes against the
     /// request being authorised (`method` on `path`, normalised, no query):
     /// `Expired` and `Forbidden` refine a `Valid`.
     #[inline]
@@ -376,7 +393,7 @@ impl KeySet {
         method: &Method,
         path: &str,
     ) -> Outcome {
-        match self.check(headers, token_header) {
+        match self.outcome_for(headers, token_header) {
             Outcome::Valid(id) => match self.keys.get(id.0) {
                 Some(key) if key.expired() => Outcome::Expired(id),
                 Some(key) if !key.allows(method, path) => Outcome::Forbidden(id),
@@ -523,7 +540,7 @@ mod tests {
     #[test]
     fn guard_rules() {
         let keys = set(&["s3cret"]);
-        let check = |pairs: &[(&str, &[u8])]| keys.check(&headers(pairs), &X_TOKEN);
+        let check = |pairs: &[(&str, &[u8])]| keys.outcome_for(&headers(pairs), &X_TOKEN);
         assert_eq!(check(&[]), Outcome::Missing);
         assert_eq!(check(&[("x-token", b"s3cret")]), Outcome::Valid(KeyId(0)));
         assert_eq!(

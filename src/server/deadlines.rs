@@ -59,7 +59,7 @@ impl Deadlines {
     }
 
     /// One sample: the connection's request and read counters at `now`.
-    pub(super) fn check(&mut self, now: Instant, requests: u64, reads: u64, h2: bool) -> Verdict {
+    pub(super) fn verdict(&mut self, now: Instant, requests: u64, reads: u64, h2: bool) -> Verdict {
         let (last_requests, last_reads) = self.last;
         self.last = (requests, reads);
         if requests != last_requests {
@@ -107,11 +107,11 @@ mod tests {
     fn first_head_is_timed_from_accept() {
         let (mut d, t0) = clock();
         assert_eq!(tick(&Limits::default()), Duration::from_millis(2500));
-        assert_eq!(d.check(at(t0, 5), 0, 1, false), Verdict::Fine);
-        assert_eq!(d.check(at(t0, 10), 0, 2, false), Verdict::HeadTimeout);
+        assert_eq!(d.verdict(at(t0, 5), 0, 1, false), Verdict::Fine);
+        assert_eq!(d.verdict(at(t0, 10), 0, 2, false), Verdict::HeadTimeout);
         let (mut d, t0) = clock();
         assert_eq!(
-            d.check(at(t0, 10), 0, 0, false),
+            d.verdict(at(t0, 10), 0, 0, false),
             Verdict::HeadTimeout,
             "silent connection"
         );
@@ -120,51 +120,51 @@ mod tests {
     #[test]
     fn later_heads_are_timed_from_their_first_bytes() {
         let (mut d, t0) = clock();
-        assert_eq!(d.check(at(t0, 1), 1, 1, false), Verdict::Fine);
+        assert_eq!(d.verdict(at(t0, 1), 1, 1, false), Verdict::Fine);
         // Idle keep-alive for 30 s is fine.
-        assert_eq!(d.check(at(t0, 31), 1, 1, false), Verdict::Fine);
+        assert_eq!(d.verdict(at(t0, 31), 1, 1, false), Verdict::Fine);
         // Slowloris: bytes keep coming, no complete head.
-        assert_eq!(d.check(at(t0, 33), 1, 2, false), Verdict::Fine);
-        assert_eq!(d.check(at(t0, 40), 1, 3, false), Verdict::Fine);
-        assert_eq!(d.check(at(t0, 43), 1, 4, false), Verdict::HeadTimeout);
+        assert_eq!(d.verdict(at(t0, 33), 1, 2, false), Verdict::Fine);
+        assert_eq!(d.verdict(at(t0, 40), 1, 3, false), Verdict::Fine);
+        assert_eq!(d.verdict(at(t0, 43), 1, 4, false), Verdict::HeadTimeout);
     }
 
     #[test]
     fn idle_after_the_idle_timeout() {
         let (mut d, t0) = clock();
-        assert_eq!(d.check(at(t0, 1), 1, 1, false), Verdict::Fine);
-        assert_eq!(d.check(at(t0, 60), 1, 1, false), Verdict::Fine);
-        assert_eq!(d.check(at(t0, 61), 1, 1, false), Verdict::Idle);
+        assert_eq!(d.verdict(at(t0, 1), 1, 1, false), Verdict::Fine);
+        assert_eq!(d.verdict(at(t0, 60), 1, 1, false), Verdict::Fine);
+        assert_eq!(d.verdict(at(t0, 61), 1, 1, false), Verdict::Idle);
     }
 
     #[test]
     fn a_long_response_is_activity_not_a_head() {
         let (mut d, t0) = clock();
-        assert_eq!(d.check(at(t0, 1), 1, 1, false), Verdict::Fine);
+        assert_eq!(d.verdict(at(t0, 1), 1, 1, false), Verdict::Fine);
         // The client only reads a long response for 5 minutes.
         for i in 2..300 {
             d.wrote(at(t0, i), i);
-            assert_eq!(d.check(at(t0, i), 1, 1, false), Verdict::Fine);
+            assert_eq!(d.verdict(at(t0, i), 1, 1, false), Verdict::Fine);
         }
-        assert_eq!(d.check(at(t0, 360), 1, 1, false), Verdict::Idle);
+        assert_eq!(d.verdict(at(t0, 360), 1, 1, false), Verdict::Idle);
     }
 
     #[test]
     fn busy_connections_are_never_closed() {
         let (mut d, t0) = clock();
         for i in 1..1000 {
-            assert_eq!(d.check(at(t0, i), i, i, false), Verdict::Fine);
+            assert_eq!(d.verdict(at(t0, i), i, i, false), Verdict::Fine);
         }
     }
 
     #[test]
     fn http2_frames_are_activity_not_heads() {
         let (mut d, t0) = clock();
-        assert_eq!(d.check(at(t0, 1), 1, 1, true), Verdict::Fine);
+        assert_eq!(d.verdict(at(t0, 1), 1, 1, true), Verdict::Fine);
         for i in 2..100 {
             // PINGs every second: no new request, but not a stalled head either.
-            assert_eq!(d.check(at(t0, i), 1, i, true), Verdict::Fine);
+            assert_eq!(d.verdict(at(t0, i), 1, i, true), Verdict::Fine);
         }
-        assert_eq!(d.check(at(t0, 160), 1, 99, true), Verdict::Idle);
+        assert_eq!(d.verdict(at(t0, 160), 1, 99, true), Verdict::Idle);
     }
 }

@@ -161,7 +161,7 @@ impl ConnectionTable {
                 continue;
             }
             tracked.deadlines.wrote(now, a.writes.load(Relaxed));
-            let verdict = tracked.deadlines.check(
+            let verdict = tracked.deadlines.verdict(
                 now,
                 a.requests.load(Relaxed),
                 a.reads.load(Relaxed),
