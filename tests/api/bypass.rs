@@ -23,13 +23,17 @@ use crate::support::{Proto, TestServer, keys_from, raw, send, statuses};
 async fn gate(adjust: impl FnOnce(&mut AppConfig)) -> (TestServer, Upstream_, SocketAddr) {
     let up = Upstream_::default();
     let addr = up.start().await;
-    let mut config = gateway_config(addr, Duration::from_secs(30));
+    (gate_in_front_of(addr, adjust).await, up, addr)
+}
+
+/// A gateway with `--public GET:/open/*` in front of `upstream`.
+async fn gate_in_front_of(upstream: SocketAddr, adjust: impl FnOnce(&mut AppConfig)) -> TestServer {
+    let mut config = gateway_config(upstream, Duration::from_secs(30));
     if let Some(g) = config.gateway.as_mut() {
         g.public.push(parse_public("GET:/open/*").unwrap());
     }
     adjust(&mut config);
-    let server = TestServer::with(keys_from(KEYS), config, Limits::default()).await;
-    (server, up, addr)
+    TestServer::with(keys_from(KEYS), config, Limits::default()).await
 }
 
 fn get(target: &str, extra: &str) -> Vec<u8> {
@@ -445,11 +449,7 @@ impl H2cUpstream {
 async fn h2c_upgrade_smuggling_against_a_real_h2c_upstream() {
     let up = H2cUpstream::default();
     let addr = up.start().await;
-    let mut config = gateway_config(addr, Duration::from_secs(30));
-    if let Some(g) = config.gateway.as_mut() {
-        g.public.push(parse_public("GET:/open/*").unwrap());
-    }
-    let s = TestServer::with(keys_from(KEYS), config, Limits::default()).await;
+    let s = gate_in_front_of(addr, |_| {}).await;
     let mut stream = TcpStream::connect(s.addr).await.unwrap();
     stream
         .write_all(
@@ -492,12 +492,14 @@ async fn h2c_upgrade_smuggling_against_a_real_h2c_upstream() {
 async fn options_asterisk_with_a_prefix() {
     let up = Upstream_::default();
     let addr = up.start().await;
-    let mut config = gateway_config(addr, Duration::from_secs(30));
-    if let Some(g) = config.gateway.as_mut() {
-        g.upstream =
-            tokengate::gateway::upstream::Upstream::parse(&format!("http://{addr}/api")).unwrap();
-    }
-    let s = TestServer::with(keys_from(KEYS), config, Limits::default()).await;
+    let s = gate_in_front_of(addr, |c| {
+        if let Some(g) = c.gateway.as_mut() {
+            g.upstream =
+                tokengate::gateway::upstream::Upstream::parse(&format!("http://{addr}/api"))
+                    .unwrap();
+        }
+    })
+    .await;
     let got = raw(
         s.addr,
         b"OPTIONS * HTTP/1.1\r\nHost: t\r\nX-Token: full-access-key-1\r\nConnection: close\r\n\r\n",

@@ -2,25 +2,32 @@
 
 use super::*;
 
+/// The binary in gateway mode with `--access-log` (and `extra` flags) in
+/// front of a recording upstream; its address.
+async fn logging_gateway(extra: &[&str]) -> (Upstream_, tokio::process::Child, SocketAddr) {
+    let up = Upstream_::default();
+    let addr = up.start().await;
+    let url = format!("http://{addr}");
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &url,
+        "--access-log",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = crate::support::command(&args, &[("TOKENGATE_TOKEN", "full-access-key-1")])
+        .spawn()
+        .unwrap();
+    let (gw, _lines) = crate::support::wait_for_address(&mut child).await;
+    (up, child, gw)
+}
+
 /// Proxied requests are counted under `route="upstream"` and get an
 /// access-log line (the binary, with `--access-log`).
 #[tokio::test]
 async fn proxied_requests_are_counted_and_logged() {
-    let up = Upstream_::default();
-    let addr = up.start().await;
-    let url = format!("http://{addr}");
-    let mut cmd = crate::support::command(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &url,
-            "--access-log",
-        ],
-        &[("TOKENGATE_TOKEN", "full-access-key-1")],
-    );
-    let mut child = cmd.spawn().unwrap();
-    let (gw, _lines) = crate::support::wait_for_address(&mut child).await;
+    let (_up, child, gw) = logging_gateway(&[]).await;
     let r = get_with_key(gw, "/orders?secret-query=1").await;
     assert_eq!(r.status, StatusCode::OK);
     let m = get_with_key(gw, "/metrics").await;
@@ -55,23 +62,7 @@ async fn proxied_requests_are_counted_and_logged() {
 /// proxied lines), absent only when a streamed body has no length.
 #[tokio::test]
 async fn access_log_bytes_is_a_number_on_every_line() {
-    let up = Upstream_::default();
-    let addr = up.start().await;
-    let url = format!("http://{addr}");
-    let mut cmd = crate::support::command(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &url,
-            "--access-log",
-            "--log-format",
-            "json",
-        ],
-        &[("TOKENGATE_TOKEN", "full-access-key-1")],
-    );
-    let mut child = cmd.spawn().unwrap();
-    let (gw, _lines) = crate::support::wait_for_address(&mut child).await;
+    let (_up, child, gw) = logging_gateway(&["--log-format", "json"]).await;
     assert_eq!(get_with_key(gw, "/orders").await.status, StatusCode::OK);
     assert_eq!(get_with_key(gw, "/healthz").await.status, StatusCode::OK);
     let out = crate::support::terminate(child).await;
