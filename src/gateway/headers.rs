@@ -1,6 +1,10 @@
 //! What the upstream receives in its request head: a proxy strips before it
 //! adds (RFC 9110 §7.6.1; golang/go#50580).
 //!
+//! Also the head rewrites between protocols: HTTP/2 `cookie` fields joined
+//! for an HTTP/1.1 upstream (`join_cookies`), and an upstream response's
+//! values copied off its read buffer for an HTTP/2 client (`unpin_values`).
+//!
 //! 1. Every field the client's `Connection` names is removed, then the
 //!    hop-by-hop fields themselves (`Connection`, `Keep-Alive`,
 //!    `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade` — the last
@@ -382,6 +386,44 @@ pub fn for_client(headers: &mut HeaderMap, upgrade: bool) {
     present.remove_hop_by_hop(headers, upgrade);
 }
 
+/// An HTTP/2 client may split `cookie` into several fields; an HTTP/1.1
+/// upstream expects one, joined with `"; "` (RFC 9113 §8.2.3).
+pub(crate) fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut cookies = headers.get_all(http::header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for value in headers.get_all(http::header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(http::header::COOKIE, value);
+    }
+}
+
+/// Gives each header value of an upstream response its own small buffer.
+///
+/// hyper parses a response head into values that share the connection's
+/// read buffer (8 KiB or more). An HTTP/2 client's HPACK encoder keeps the
+/// values it indexes in its dynamic table for as long as they stay there, so
+/// each indexed value (a new `date` every second) would pin a whole upstream
+/// read buffer: up to ~60 of them per client connection (a 4 KiB table),
+/// found by `scripts/soak --mode gateway` as RSS growing for a minute.
+/// An HTTP/1 client writes the values and drops them: nothing to do there.
+pub(crate) fn unpin_values(headers: &mut http::HeaderMap) {
+    for value in headers.values_mut() {
+        let sensitive = value.is_sensitive();
+        if let Ok(mut owned) = HeaderValue::from_bytes(value.as_bytes()) {
+            owned.set_sensitive(sensitive);
+            *value = owned;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -657,6 +699,52 @@ mod tests {
             assert_eq!(
                 std::str::from_utf8(&buf[..len]),
                 Ok(ip.to_string().as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn http2_cookies_are_joined() {
+        let mut h = http::HeaderMap::new();
+        h.append(http::header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(http::header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(http::header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(http::header::COOKIE).iter().count(), 1);
+        assert_eq!(h[http::header::COOKIE], "a=1; b=2; c=3");
+        let mut one = http::HeaderMap::new();
+        one.append(http::header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut one);
+        assert_eq!(one[http::header::COOKIE], "a=1");
+    }
+
+    #[test]
+    fn unpinned_values_no_longer_share_the_read_buffer() {
+        // What hyper does: header values are slices of the read buffer.
+        let buffer = bytes::Bytes::from(
+            b"date: Sun, 29 Nov 2026 22:00:00 GMT\r\n"
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(b' ', 8192))
+                .collect::<Vec<u8>>(),
+        );
+        let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+        let mut headers = http::HeaderMap::new();
+        let date = HeaderValue::from_maybe_shared(buffer.slice(6..35)).unwrap();
+        let mut secret = HeaderValue::from_maybe_shared(buffer.slice(0..4)).unwrap();
+        secret.set_sensitive(true);
+        headers.insert(http::header::DATE, date);
+        headers.insert("x-secret", secret);
+        assert!(range.contains(&(headers[http::header::DATE].as_bytes().as_ptr() as usize)));
+
+        unpin_values(&mut headers);
+        assert_eq!(headers[http::header::DATE], "Sun, 29 Nov 2026 22:00:00 GMT");
+        assert!(headers["x-secret"].is_sensitive());
+        for value in headers.values() {
+            let at = value.as_bytes().as_ptr() as usize;
+            assert!(
+                !range.contains(&at),
+                "{value:?} still points into the buffer"
             );
         }
     }

@@ -22,7 +22,7 @@ use rustls_pki_types::CertificateDer;
 use tracing::{debug, warn};
 
 use super::GatewayConfig;
-use super::headers::{Hop, Peer, for_client, for_upstream};
+use super::headers::{Hop, Peer, for_client, for_upstream, join_cookies, unpin_values};
 use super::pool::{self, Lease, Pool, UpstreamBody};
 use super::trailers::Untrailed;
 use super::tunnels::Tunnels;
@@ -482,94 +482,4 @@ pub struct Prepared {
     client_h2: bool,
     /// When tokengate started on the request.
     start: Instant,
-}
-
-/// An HTTP/2 client may split `cookie` into several fields; an HTTP/1.1
-/// upstream expects one, joined with `"; "` (RFC 9113 §8.2.3).
-fn join_cookies(headers: &mut http::HeaderMap) {
-    let mut cookies = headers.get_all(http::header::COOKIE).iter();
-    if cookies.next().is_none() || cookies.next().is_none() {
-        return;
-    }
-    let mut joined = Vec::new();
-    for value in headers.get_all(http::header::COOKIE) {
-        if !joined.is_empty() {
-            joined.extend_from_slice(b"; ");
-        }
-        joined.extend_from_slice(value.as_bytes());
-    }
-    if let Ok(value) = HeaderValue::from_bytes(&joined) {
-        headers.insert(http::header::COOKIE, value);
-    }
-}
-
-/// Gives each header value of an upstream response its own small buffer.
-///
-/// hyper parses a response head into values that share the connection's
-/// read buffer (8 KiB or more). An HTTP/2 client's HPACK encoder keeps the
-/// values it indexes in its dynamic table for as long as they stay there, so
-/// each indexed value (a new `date` every second) would pin a whole upstream
-/// read buffer: up to ~60 of them per client connection (a 4 KiB table),
-/// found by `scripts/soak --mode gateway` as RSS growing for a minute.
-/// An HTTP/1 client writes the values and drops them: nothing to do there.
-fn unpin_values(headers: &mut http::HeaderMap) {
-    for value in headers.values_mut() {
-        let sensitive = value.is_sensitive();
-        if let Ok(mut owned) = HeaderValue::from_bytes(value.as_bytes()) {
-            owned.set_sensitive(sensitive);
-            *value = owned;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn http2_cookies_are_joined() {
-        let mut h = http::HeaderMap::new();
-        h.append(http::header::COOKIE, HeaderValue::from_static("a=1"));
-        h.append(http::header::COOKIE, HeaderValue::from_static("b=2"));
-        h.append(http::header::COOKIE, HeaderValue::from_static("c=3"));
-        join_cookies(&mut h);
-        assert_eq!(h.get_all(http::header::COOKIE).iter().count(), 1);
-        assert_eq!(h[http::header::COOKIE], "a=1; b=2; c=3");
-        let mut one = http::HeaderMap::new();
-        one.append(http::header::COOKIE, HeaderValue::from_static("a=1"));
-        join_cookies(&mut one);
-        assert_eq!(one[http::header::COOKIE], "a=1");
-    }
-
-    #[test]
-    fn unpinned_values_no_longer_share_the_read_buffer() {
-        // What hyper does: header values are slices of the read buffer.
-        let buffer = Bytes::from(
-            b"date: Sun, 29 Nov 2026 22:00:00 GMT\r\n"
-                .iter()
-                .copied()
-                .chain(std::iter::repeat_n(b' ', 8192))
-                .collect::<Vec<u8>>(),
-        );
-        let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
-        let mut headers = http::HeaderMap::new();
-        let date = HeaderValue::from_maybe_shared(buffer.slice(6..35)).unwrap();
-        let mut secret = HeaderValue::from_maybe_shared(buffer.slice(0..4)).unwrap();
-        secret.set_sensitive(true);
-        headers.insert(http::header::DATE, date);
-        headers.insert("x-secret", secret);
-        assert!(range.contains(&(headers[http::header::DATE].as_bytes().as_ptr() as usize)));
-
-        unpin_values(&mut headers);
-        assert_eq!(headers[http::header::DATE], "Sun, 29 Nov 2026 22:00:00 GMT");
-        assert!(headers["x-secret"].is_sensitive());
-        for value in headers.values() {
-            let at = value.as_bytes().as_ptr() as usize;
-            assert!(
-                !range.contains(&at),
-                "{value:?} still points into the buffer"
-            );
-        }
-    }
 }
