@@ -33,7 +33,7 @@ use tracing::debug;
 use super::io::ReadCounter;
 use super::streams::{StreamExecutor, Streams};
 use super::watchdog::{Activity, Command, ConnectionTable, Entry, bump};
-use crate::app::{App, Step};
+use crate::app::{App, GatewayService, Step};
 use crate::gateway::proxy::ServiceBody;
 use crate::head;
 use crate::metrics::Protocol;
@@ -65,7 +65,7 @@ pub(super) struct Context {
     pub(super) tls: Option<Arc<Tls>>,
     /// This listener passes requests on to the upstream (gateway mode, and
     /// not the `--admin-listen` listener).
-    pub(super) gateway: bool,
+    pub(super) gateway: Option<Arc<GatewayService>>,
 }
 
 impl Context {
@@ -75,10 +75,17 @@ impl Context {
         tls: Option<Arc<Tls>>,
         admin: bool,
     ) -> Self {
-        let gateway = app.is_gateway() && !admin;
+        let gateway = (app.gateway())
+            .filter(|_| !admin)
+            .map(|gateway| Arc::new(GatewayService::new(app.clone(), gateway.clone())));
         Context {
+            builder: builder(
+                app.max_header_bytes(),
+                StreamExecutor {
+                    local: gateway.is_none(),
+                },
+            ),
             gateway,
-            builder: builder(app.max_header_bytes(), StreamExecutor { local: !gateway }),
             http1: http1_builder(app.max_header_bytes()),
             app,
             table,
@@ -250,8 +257,8 @@ impl Connection {
                 }
             }
         };
-        if self.context.gateway {
-            Box::pin(self.serve_upgradeable(stream, activity, entry, http1)).await;
+        if let Some(gateway) = self.context.gateway.clone() {
+            Box::pin(self.serve_upgradeable(stream, gateway, activity, entry, http1)).await;
             return;
         }
         let _permit = self.permit;
@@ -276,6 +283,7 @@ impl Connection {
     async fn serve_upgradeable<I>(
         self,
         stream: I,
+        gateway: Arc<GatewayService>,
         activity: Arc<Activity>,
         _entry: Entry,
         http1: bool,
@@ -285,7 +293,12 @@ impl Connection {
         let _permit = self.permit;
         let _open = OpenConnection::new(self.context.app.clone());
         let io = TokioIo::new(ReadCounter::new(stream, activity.clone()));
-        let service = gateway_service(&self.context, &activity, self.peer.ip());
+        let service = gateway_service(
+            gateway,
+            self.context.tls.is_some(),
+            &activity,
+            self.peer.ip(),
+        );
         if http1 {
             let conn = self
                 .context
@@ -354,7 +367,8 @@ fn standalone_service(
 /// The service of a gateway listener: tokengate's own answers, or the
 /// upstream's, streamed.
 fn gateway_service(
-    context: &Arc<Context>,
+    gateway: Arc<GatewayService>,
+    tls: bool,
     activity: &Arc<Activity>,
     peer_ip: std::net::IpAddr,
 ) -> impl hyper::service::Service<
@@ -364,23 +378,18 @@ fn gateway_service(
     Future = impl Future<Output = Result<Response<ServiceBody>, Infallible>> + Send + use<>,
 > + Clone
 + use<> {
-    let app = context.app.clone();
     let seen = activity.clone();
-    let tls = context.tls.is_some();
     let peer = crate::gateway::headers::Peer::new(peer_ip);
     service_fn(move |req: Request<Incoming>| {
-        count_request(&app, &seen, &req);
+        count_request(gateway.app(), &seen, &req);
         // Either future inline: a proxied request costs no boxed future.
-        match app.gateway_step(&req, &peer, tls) {
+        match gateway.step(&req, &peer, tls) {
             Step::Respond(response) => {
                 future::Either::Left(std::future::ready(Ok(response.map(Either::Left))))
             }
-            Step::Forward(forward) => match app.forward(req, forward, &peer) {
-                Some(forwarding) => future::Either::Right(forwarding.map(Ok)),
-                None => {
-                    future::Either::Left(std::future::ready(Ok(app.not_found().map(Either::Left))))
-                }
-            },
+            Step::Forward(forward) => {
+                future::Either::Right(gateway.forward(req, forward, &peer).map(Ok))
+            }
         }
     })
 }

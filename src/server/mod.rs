@@ -229,8 +229,9 @@ impl Server {
         }
         while connections.try_join_next().is_some() {}
         if forced {
-            let open_tunnels = context.app.tunnels().map_or(0, |t| t.open());
-            if let Some(tunnels) = context.app.tunnels() {
+            let tunnels = context.app.gateway().map(|g| g.tunnels());
+            let open_tunnels = tunnels.map_or(0, |t| t.open());
+            if let Some(tunnels) = tunnels {
                 tunnels.close_all();
             }
             return force_close(&mut connections, open_tunnels).await;
@@ -241,7 +242,7 @@ impl Server {
         );
         table.drain(Instant::now());
         // Gateway mode: upgraded connections (tunnels) are drained too.
-        let tunnels = context.app.tunnels().cloned();
+        let tunnels = context.app.gateway().map(|g| g.tunnels().clone());
         let drained = tokio::select! {
             drained = tokio::time::timeout(limits.shutdown_timeout, async {
                 while connections.join_next().await.is_some() {}

@@ -2,23 +2,19 @@
 //! head limits, route match, guard, response — and around it the timing,
 //! the metrics and the access log.
 
-use std::fmt::Write as _;
-use std::future::Future;
+mod gateway;
+mod record;
+
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{HeaderName, Method, Request, Response, StatusCode};
-use http_body_util::Either;
-use hyper::body::Incoming;
 
 use crate::client::TrustedProxies;
 use crate::forward_auth::{self, Original};
 use crate::gateway::GatewayConfig;
-use crate::gateway::headers::Peer;
-use crate::gateway::proxy::{Answered, Forward, Gateway, Sending, ServiceBody};
+use crate::gateway::proxy::Gateway;
 use crate::guard::Guard;
 use crate::head::{self, HeadProblem};
 use crate::keys::KeySet;
@@ -26,11 +22,13 @@ use crate::keys::Outcome;
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics::{DroppedSource, Metrics};
 use crate::openapi;
-use crate::responses::{self, Body, Realm, Responses};
+use crate::responses::{self, Body, Prebuilt, Realm, Responses};
 use crate::routes::{
     Access, Compiled, Handler, Match, ROUTES, Route, RouteIndex, Router, RouterOptions,
 };
 use crate::throttle::ThrottleConfig;
+pub(crate) use gateway::{GatewayService, Step};
+use record::{Key, Line};
 
 /// The `route` label of requests passed on to the upstream.
 pub const UPSTREAM_LABEL: &str = "upstream";
@@ -102,60 +100,6 @@ pub struct Answer<'a> {
     pub original: Option<Original<'a>>,
 }
 
-/// What happens to a request in gateway mode.
-pub enum Step {
-    /// tokengate answers it (an admin route, a head problem, a denial).
-    Respond(Response<Body>),
-    /// It goes to the upstream.
-    Forward(Forward),
-}
-
-pin_project_lite::pin_project! {
-    /// A proxied request, from the service call until the upstream's
-    /// response head: what hyper holds (and moves) for it.
-    pub struct Forwarding {
-        #[pin]
-        sending: Sending,
-        done: Option<Done>,
-    }
-}
-
-impl Future for Forwarding {
-    type Output = Response<ServiceBody>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let answered = std::task::ready!(this.sending.poll(cx));
-        match this.done.take() {
-            Some(Done { app, start, logged }) => {
-                Poll::Ready(app.forwarded(answered, start, logged))
-            }
-            // Futures are not polled again once they returned `Ready`.
-            None => Poll::Pending,
-        }
-    }
-}
-
-/// What a proxied request needs after the upstream answered.
-struct Done {
-    app: Arc<App>,
-    /// When tokengate started on the request.
-    start: Instant,
-    /// Only with the access log.
-    logged: Option<Box<Logged>>,
-}
-
-/// What a proxied request's access-log line needs once the request is gone
-/// (boxed: kept out of the future unless the access log is on).
-struct Logged {
-    method: Method,
-    path: String,
-    version: http::Version,
-    peer: IpAddr,
-    client: IpAddr,
-    label: Option<http::HeaderValue>,
-}
-
 /// The application: route table, guard and prebuilt responses.
 pub struct App {
     router: Router,
@@ -166,7 +110,8 @@ pub struct App {
     forward: forward_auth::Answers,
     forward_dialect: forward_auth::Dialect,
     trusted: TrustedProxies,
-    gateway: Option<Gateway>,
+    /// Gateway mode: taken by the main listener's [`GatewayService`].
+    gateway: Option<Arc<Gateway>>,
     /// `--admin-listen`: the main listener passes even tokengate's own paths on.
     admin_listener: bool,
     token_header: HeaderName,
@@ -240,7 +185,7 @@ impl App {
             ),
             forward_dialect: config.forward_auth_dialect,
             trusted: config.trusted_proxies.clone(),
-            gateway: config.gateway.as_ref().map(Gateway::new),
+            gateway: config.gateway.as_ref().map(|g| Arc::new(Gateway::new(g))),
             admin_listener: config.admin_listener,
             token_header: config.token_header.clone(),
             openapi,
@@ -275,167 +220,10 @@ impl App {
         self.lifecycle.clone()
     }
 
-    /// The gateway's upgraded connections, for the drain.
-    pub fn tunnels(&self) -> Option<&Arc<crate::gateway::tunnels::Tunnels>> {
-        self.gateway.as_ref().map(Gateway::tunnels)
-    }
-
-    /// Whether requests that match no route of tokengate's go upstream.
-    pub fn is_gateway(&self) -> bool {
-        self.gateway.is_some()
-    }
-
-    /// Gateway mode: answer here (admin routes, head problems, denials —
-    /// which never reach the upstream) or pass on.
-    pub fn gateway_step<B>(&self, req: &Request<B>, peer: &Peer, tls: bool) -> Step {
-        let Some(gateway) = &self.gateway else {
-            return Step::Respond(self.handle(req, peer.ip));
-        };
-        if head::validate(req, self.max_header_bytes).is_err()
-            || (!self.admin_listener && matches!(self.router.find(req), Match::Route(_)))
-        {
-            return Step::Respond(self.handle(req, peer.ip));
-        }
-        if !gateway.host_allowed(req) {
-            let response = self
-                .responses
-                .bad_request
-                .respond(req.method() == Method::HEAD);
-            if self.metrics_on {
-                self.metrics
-                    .record(self.other, response.status(), Duration::ZERO);
-            }
-            return Step::Respond(response);
-        }
-        let start = Instant::now();
-        let head = req.method() == Method::HEAD;
-        let client = self.trusted.client(peer.ip, req.headers());
-        let path = crate::routes::normalize(req.uri().path());
-        let forward = |key_label| Forward {
-            peer: peer.ip,
-            client,
-            peer_trusted: self.trusted.contains(peer.ip),
-            proto: if tls { "https" } else { "http" },
-            key_label,
-            start,
-        };
-        if gateway.is_public(req.method(), &path) {
-            return Step::Forward(forward(None));
-        }
-        let metrics = self.metrics_on.then_some(&self.metrics);
-        let decided = self
-            .guard
-            .decide(req.headers(), client, req.method(), &path, metrics);
-        match self.denial(&decided.outcome, head) {
-            Some(response) => {
-                let elapsed = start.elapsed();
-                if self.metrics_on {
-                    self.metrics.record(self.other, response.status(), elapsed);
-                }
-                let answer = Answer {
-                    response,
-                    route: self.other,
-                    auth: Some(decided.outcome),
-                    client,
-                    original: None,
-                };
-                if self.access_log {
-                    self.log_access(req, peer.ip, &answer, elapsed);
-                }
-                Step::Respond(answer.response)
-            }
-            None => Step::Forward(forward(decided.key().map(|k| k.label_value().clone()))),
-        }
-    }
-
-    /// Gateway mode: rewrites `req` for the upstream and hands it to the
-    /// client, synchronously in the service call; the returned future waits
-    /// for the upstream's response head. `None` when this is not a gateway
-    /// (the gateway service is only used in one): see [`App::not_found`].
-    pub fn forward(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        forward: Forward,
-        peer: &Peer,
-    ) -> Option<Forwarding> {
-        let gateway = self.gateway.as_ref()?;
-        let start = forward.start;
-        // Only with the access log: what its line needs once `req` is gone.
-        let logged = self.access_log.then(|| {
-            Box::new(Logged {
-                method: req.method().clone(),
-                path: req.uri().path().to_owned(),
-                version: req.version(),
-                peer: forward.peer,
-                client: forward.client,
-                label: forward.key_label.clone(),
-            })
-        });
-        let sending = gateway.send(gateway.prepare(req, &forward, peer, &self.token_header));
-        Some(Forwarding {
-            sending,
-            done: Some(Done {
-                app: Arc::clone(self),
-                start,
-                logged,
-            }),
-        })
-    }
-
-    /// tokengate's 404.
-    pub fn not_found(&self) -> Response<Body> {
-        self.responses.not_found.respond(false)
-    }
-
-    /// A proxied request's response for the client, recorded (metrics, the
-    /// access log).
-    fn forwarded(
-        &self,
-        answered: Answered,
-        start: Instant,
-        logged: Option<Box<Logged>>,
-    ) -> Response<ServiceBody> {
-        let Some(gateway) = &self.gateway else {
-            return self.not_found().map(Either::Left);
-        };
-        let metrics = self.metrics_on.then_some(&self.metrics);
-        let now = Instant::now();
-        let response = gateway.finish(answered, &self.responses, metrics, now);
-        let elapsed = now.saturating_duration_since(start);
-        if self.metrics_on {
-            self.metrics
-                .record(self.upstream_route, response.status(), elapsed);
-        }
-        if let Some(logged) = logged {
-            let Logged {
-                method,
-                path,
-                version,
-                peer,
-                client,
-                label,
-            } = *logged;
-            let key = label.as_ref().and_then(|l| l.to_str().ok()).unwrap_or("-");
-            // A number, as on tokengate's own lines; absent when the
-            // upstream's body is streamed without a length.
-            let bytes: Option<u64> = http_body::Body::size_hint(response.body()).exact();
-            tracing::info!(
-                target: "tokengate::access",
-                peer = %peer,
-                client = %client,
-                upstream = true,
-                original_method = "-",
-                original_path = "-",
-                method = %method,
-                path = %Escaped(&path),
-                protocol = ?version,
-                status = response.status().as_u16(),
-                bytes,
-                duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-                key = %key,
-            );
-        }
-        response
+    /// Gateway mode: the gateway (its service, its upgraded connections for
+    /// the drain).
+    pub(crate) fn gateway(&self) -> Option<&Arc<Gateway>> {
+        self.gateway.as_ref()
     }
 
     /// `--max-header-bytes`.
@@ -452,14 +240,21 @@ impl App {
         }
         let start = Instant::now();
         let answer = self.answer(req, peer);
-        let elapsed = start.elapsed();
-        if self.metrics_on {
-            self.metrics
-                .record(answer.route, answer.response.status(), elapsed);
-        }
-        if self.access_log {
-            self.log_access(req, peer, &answer, elapsed);
-        }
+        self.record(answer.route, &answer.response, start.elapsed(), || {
+            Some(Line {
+                peer,
+                client: answer.client,
+                upstream: false,
+                original: answer
+                    .original
+                    .as_ref()
+                    .map(|o| (o.method.as_str(), &*o.path)),
+                method: req.method(),
+                path: req.uri().path(),
+                version: req.version(),
+                key: Key::from(answer.auth),
+            })
+        });
         answer.response
     }
 
@@ -518,7 +313,9 @@ impl App {
                     route.route.path,
                     metrics,
                 );
-                if let Some(response) = self.denial(&decided.outcome, head) {
+                if let Some(response) =
+                    self.denial(&decided.outcome, head, &self.responses.too_many_requests)
+                {
                     return answer(response, index, Some(decided.outcome));
                 }
                 Some(decided.outcome)
@@ -527,9 +324,16 @@ impl App {
         answer(self.success(route, head), index, auth)
     }
 
-    /// The response to a credential the guard did not accept; `None` for a valid one.
+    /// The one turn of an [`Outcome`] into a denial: the response to a
+    /// credential the guard did not accept (`throttled` answers a throttled
+    /// client, with `retry-after`); `None` for a valid one.
     #[inline]
-    fn denial(&self, outcome: &Outcome, head: bool) -> Option<Response<Body>> {
+    fn denial(
+        &self,
+        outcome: &Outcome,
+        head: bool,
+        throttled: &Prebuilt,
+    ) -> Option<Response<Body>> {
         Some(match *outcome {
             Outcome::Valid(_) => return None,
             Outcome::Missing => self.responses.unauthorized_missing.respond(head),
@@ -537,7 +341,7 @@ impl App {
                 self.responses.unauthorized_invalid.respond(head)
             }
             Outcome::Forbidden(_) => self.responses.forbidden.respond(head),
-            Outcome::Throttled(wait) => self.responses.too_many(wait, head),
+            Outcome::Throttled(wait) => responses::with_retry_after(throttled.respond(head), wait),
         })
     }
 
@@ -568,20 +372,12 @@ impl App {
             &original.path,
             metrics,
         );
-        answer.response = match decided.outcome {
-            Outcome::Valid(_) => match decided.key() {
-                Some(key) => self.forward.allow(key, head),
-                // A valid outcome always names a key of the set that decided.
-                None => self.forward.unknowable.respond(head),
-            },
-            Outcome::Throttled(wait) => {
-                responses::with_retry_after(self.forward.throttled.respond(head), wait)
-            }
-            Outcome::Missing => self.responses.unauthorized_missing.respond(head),
-            Outcome::Invalid | Outcome::Expired(_) => {
-                self.responses.unauthorized_invalid.respond(head)
-            }
-            Outcome::Forbidden(_) => self.responses.forbidden.respond(head),
+        let denial = self.denial(&decided.outcome, head, &self.forward.throttled);
+        answer.response = match (denial, decided.key()) {
+            (Some(denied), _) => denied,
+            (None, Some(key)) => self.forward.allow(key, head),
+            // A valid outcome always names a key of the set that decided.
+            (None, None) => self.forward.unknowable.respond(head),
         };
         answer.auth = Some(decided.outcome);
         answer.original = Some(original);
@@ -626,63 +422,6 @@ impl App {
             HeadProblem::Connect => self.responses.connect_not_allowed.respond(head),
         }
     }
-
-    /// One access-log event: never a header value, a token or a query string.
-    #[cold]
-    fn log_access<B>(&self, req: &Request<B>, peer: IpAddr, answer: &Answer, elapsed: Duration) {
-        let key = match answer.auth {
-            Some(Outcome::Valid(id)) => self.guard.label(id),
-            _ => Arc::from("-"),
-        };
-        let bytes = http_body::Body::size_hint(answer.response.body())
-            .exact()
-            .unwrap_or(0);
-        let (original_method, original_path) = match &answer.original {
-            Some(o) => (o.method.as_str(), &*o.path),
-            None => ("-", "-"),
-        };
-        tracing::info!(
-            target: "tokengate::access",
-            peer = %peer,
-            client = %answer.client,
-            upstream = false,
-            original_method = %original_method,
-            original_path = %Escaped(original_path),
-            method = %req.method(),
-            path = %Escaped(req.uri().path()),
-            protocol = ?req.version(),
-            status = answer.response.status().as_u16(),
-            bytes,
-            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            key = %key,
-        );
-    }
-}
-
-/// A client-supplied field as a log line may hold it: visible ASCII as it
-/// is, `\`, `"`, the space and every other byte as `\xNN`, so a
-/// path cannot end a field, start a line (`\n`, U+2028) or pose as another
-/// field (`status=200`) in the text format.
-struct Escaped<'a>(&'a str);
-
-impl std::fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let bytes = self.0.as_bytes();
-        if bytes
-            .iter()
-            .all(|&b| b.is_ascii_graphic() && b != b'\\' && b != b'"')
-        {
-            return f.write_str(self.0);
-        }
-        for &b in bytes {
-            if b.is_ascii_graphic() && b != b'\\' && b != b'"' {
-                f.write_char(char::from(b))?;
-            } else {
-                write!(f, "\\x{b:02x}")?;
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -690,15 +429,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::routes::GET_HEAD;
-
-    #[test]
-    fn logged_fields_are_escaped() {
-        assert_eq!(Escaped("/public?x").to_string(), "/public?x");
-        assert_eq!(
-            Escaped("/a\u{2028}status=200 \"x\\\n\u{e9}").to_string(),
-            "/a\\xe2\\x80\\xa8status=200\\x20\\x22x\\x5c\\x0a\\xc3\\xa9"
-        );
-    }
     use http::StatusCode;
     use std::net::Ipv4Addr;
 
