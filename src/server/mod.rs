@@ -3,8 +3,10 @@
 //!
 //! * `accept` — accept errors never end the server;
 //! * `conn` — one connection: TLS handshake, the protocol (a peek at the first
-//!   bytes: hyper's HTTP/1 server, or hyper-util's auto builder for h2c), the
-//!   service, and the watchdog's commands;
+//!   bytes: hyper's HTTP/1 server, or hyper-util's auto builder for h2c) and
+//!   the service;
+//! * `drive` — a connection under the watchdog's commands (graceful shutdown,
+//!   abort) and, standalone, its HTTP/2 streams;
 //! * `watchdog` — the thread that samples every connection, and the table of
 //!   live connections it samples;
 //! * `deadlines` — one connection's head and idle clock;
@@ -35,6 +37,7 @@
 mod accept;
 mod conn;
 mod deadlines;
+mod drive;
 mod io;
 mod streams;
 mod watchdog;
