@@ -32,7 +32,7 @@ async fn tokengate_server(listener: TcpListener, upstream: Option<SocketAddr>) {
     let config = AppConfig {
         gateway: upstream.map(|up| {
             tokengate::gateway::GatewayConfig::new(
-                tokengate::gateway::upstream::Upstream::parse(&format!("http://{up}")).unwrap(),
+                tokengate::gateway::Upstream::parse(&format!("http://{up}")).unwrap(),
             )
         }),
         ..AppConfig::default()

@@ -41,7 +41,7 @@ pub struct Original<'a> {
 }
 
 /// `x-auth-key-label`: the label of the key that was accepted.
-pub const KEY_LABEL: HeaderName = HeaderName::from_static("x-auth-key-label");
+pub(crate) const KEY_LABEL: HeaderName = HeaderName::from_static("x-auth-key-label");
 const ENVOY_REMOVE: HeaderName = HeaderName::from_static("x-envoy-auth-headers-to-remove");
 const REASON: HeaderName = HeaderName::from_static("x-tokengate-reason");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
@@ -74,7 +74,11 @@ pub enum Dialect {
 /// one is malformed or missing, or its path is one `crate::path` refuses
 /// (every forwarding header present must be well-formed, even one the
 /// dialect does not read: a malformed one means something is off).
-pub fn original<'a, B>(req: &'a Request<B>, mount: &str, dialect: Dialect) -> Option<Original<'a>> {
+pub(crate) fn original<'a, B>(
+    req: &'a Request<B>,
+    mount: &str,
+    dialect: Dialect,
+) -> Option<Original<'a>> {
     let found = Forwarded::scan(req.headers())?;
     let url_path = match found.original_url {
         Some(url) => Some(path_of_url(url)?),
@@ -212,7 +216,7 @@ fn path_of_url(url: &str) -> Option<&str> {
 
 /// The fixed answers of `/auth/verify`, built once.
 #[derive(Clone, Debug)]
-pub struct Answers {
+pub(crate) struct Answers {
     /// The headers of a 200: `cache-control` and Envoy's removal list; the
     /// key's label is added once per key ([`Answers::allow`]).
     allow: HeaderMap,
@@ -225,7 +229,7 @@ pub struct Answers {
 
 impl Answers {
     /// `token_header` is named in `x-envoy-auth-headers-to-remove`.
-    pub fn new(token_header: &HeaderName, throttle_status: StatusCode) -> Self {
+    pub(crate) fn new(token_header: &HeaderName, throttle_status: StatusCode) -> Self {
         let remove = HeaderValue::try_from(format!("{}, authorization", token_header.as_str()))
             .expect("a header name and a comma are a valid header value");
         let throttled = if throttle_status == StatusCode::TOO_MANY_REQUESTS {
@@ -248,7 +252,7 @@ impl Answers {
 impl Answers {
     /// 200 with an empty body, naming `key` in `x-auth-key-label`.
     #[inline]
-    pub fn allow(&self, key: &Key, head: bool) -> Response<Body> {
+    pub(crate) fn allow(&self, key: &Key, head: bool) -> Response<Body> {
         let headers = key.allow_headers(|key| {
             let mut headers = self.allow.clone();
             headers.insert(KEY_LABEL, key.label_value().clone());

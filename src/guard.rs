@@ -21,7 +21,7 @@ struct Live {
 }
 
 /// A decision and the key set that made it.
-pub struct Decided {
+pub(crate) struct Decided {
     /// What was decided.
     pub outcome: Outcome,
     live: arc_swap::Guard<Arc<Live>>,
@@ -29,7 +29,7 @@ pub struct Decided {
 
 impl Decided {
     /// The key the outcome names (valid, expired or out of scope).
-    pub fn key(&self) -> Option<&Key> {
+    pub(crate) fn key(&self) -> Option<&Key> {
         match self.outcome {
             Outcome::Valid(id) | Outcome::Expired(id) | Outcome::Forbidden(id) => {
                 self.live.keys.get(id)
@@ -40,7 +40,7 @@ impl Decided {
 }
 
 /// Throttle + keys.
-pub struct Guard {
+pub(crate) struct Guard {
     live: ArcSwap<Live>,
     token_header: HeaderName,
     throttle: Option<Throttle>,
@@ -49,7 +49,7 @@ pub struct Guard {
 impl Guard {
     /// A guard over `keys`, reading the credential from `token_header` (or
     /// `Authorization: Bearer`).
-    pub fn new(
+    pub(crate) fn new(
         keys: KeySet,
         token_header: HeaderName,
         throttle: Option<ThrottleConfig>,
@@ -69,7 +69,7 @@ impl Guard {
 
     /// Replaces the accepted keys atomically: a request in flight finishes
     /// with the set it started with.
-    pub fn replace_keys(&self, keys: KeySet, metrics: &Metrics) {
+    pub(crate) fn replace_keys(&self, keys: KeySet, metrics: &Metrics) {
         let ok = metrics.key_counters(&keys);
         self.live.store(Arc::new(Live { keys, ok }));
     }
@@ -81,7 +81,7 @@ impl Guard {
     /// set, so the key the outcome names is read from the set that decided (a
     /// reload in between cannot swap it for another).
     #[inline]
-    pub fn decide(
+    pub(crate) fn decide(
         &self,
         headers: &HeaderMap,
         client: IpAddr,
@@ -117,7 +117,7 @@ impl Guard {
 
     /// The label of a key of the set in use (for the access log; `-` when the
     /// keys were swapped since).
-    pub fn label(&self, id: KeyId) -> Arc<str> {
+    pub(crate) fn label(&self, id: KeyId) -> Arc<str> {
         self.live
             .load()
             .keys
@@ -126,7 +126,7 @@ impl Guard {
     }
 
     /// The labels of the keys in use.
-    pub fn labels(&self) -> Vec<Arc<str>> {
+    pub(crate) fn labels(&self) -> Vec<Arc<str>> {
         self.live
             .load()
             .keys

@@ -6,15 +6,15 @@ use http::header::HOST;
 use http::{Method, Request, Version};
 
 /// Most header fields a request may carry (431 past it).
-pub const MAX_HEADER_FIELDS: usize = 100;
+pub(crate) const MAX_HEADER_FIELDS: usize = 100;
 /// Longest request target, in bytes (414 past it).
-pub const MAX_TARGET_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_TARGET_BYTES: usize = 8 * 1024;
 /// Default for `--max-header-bytes`.
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+pub(crate) const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// What is wrong with a request head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HeadProblem {
+pub(crate) enum HeadProblem {
     /// The target is longer than [`MAX_TARGET_BYTES`]: 414.
     UriTooLong,
     /// Too many header fields, or too many bytes of them: 431.
@@ -32,7 +32,7 @@ pub enum HeadProblem {
 
 /// Checks the head of `req` against `max_header_bytes` (`--max-header-bytes`).
 #[inline(always)]
-pub fn validate<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), HeadProblem> {
+pub(crate) fn validate<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), HeadProblem> {
     let uri = req.uri();
     if target_len(uri) > MAX_TARGET_BYTES {
         return Err(HeadProblem::UriTooLong);

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use tokengate::ROUTES;
 use tokengate::config::{Args, Command, Config, LogFormat};
-use tokengate::keys::file::{MIN_TOKEN_LEN, TOKEN_ENV, hash_token_line};
-use tokengate::routes::ROUTES;
+use tokengate::keys::{MIN_TOKEN_LEN, TOKEN_ENV, hash_token_line};
 use tokengate::shutdown::Signals;
 use tokengate::tls::Tls;
 use tokengate::{App, Server, Stopped, reload};
@@ -76,7 +76,7 @@ async fn run(
     access_dropped: Option<tracing_appender::non_blocking::ErrorCounter>,
 ) -> ExitCode {
     let dropped = access_dropped.map(|counter| {
-        Arc::new(move || counter.dropped_lines() as u64) as tokengate::metrics::DroppedSource
+        Arc::new(move || counter.dropped_lines() as u64) as tokengate::DroppedSource
     });
     let app = Arc::new(App::build(
         ROUTES,

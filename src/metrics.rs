@@ -105,7 +105,7 @@ struct KindLabel {
 
 /// Why a request to the upstream failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpstreamError {
+pub enum UpstreamFailure {
     /// Refused or unreachable (502).
     Connect,
     /// No response head within `--upstream-timeout` (504).
@@ -418,7 +418,7 @@ impl Metrics {
     }
 
     /// The upstream did not answer.
-    pub fn upstream_failed(&self, kind: UpstreamError, elapsed: Duration) {
+    pub fn upstream_failed(&self, kind: UpstreamFailure, elapsed: Duration) {
         self.upstream_errors[kind as usize].inc();
         self.upstream_duration.observe(elapsed.as_secs_f64());
     }

@@ -13,7 +13,7 @@ use crate::routes::{Access, Handler, Route};
 
 /// What the document depends on besides the route table.
 #[derive(Clone, Debug)]
-pub struct DocOptions {
+pub(crate) struct DocOptions {
     /// The header that carries the key (`--token-header`).
     pub token_header: String,
     /// `--metrics-public`.
@@ -115,7 +115,7 @@ fn forward_auth_parameters() -> Value {
 /// ~0.2 MiB of resident memory (the thread arena its temporaries came from),
 /// though most servers are never asked for it (`scripts/footprint`).
 #[derive(Debug)]
-pub struct Lazy {
+pub(crate) struct Lazy {
     table: Vec<Route>,
     options: DocOptions,
     built: OnceLock<Prebuilt>,
@@ -123,7 +123,7 @@ pub struct Lazy {
 
 impl Lazy {
     /// The document of `table` as configured; nothing is built yet.
-    pub fn new(table: &[Route], options: DocOptions) -> Self {
+    pub(crate) fn new(table: &[Route], options: DocOptions) -> Self {
         Lazy {
             table: table.to_vec(),
             options,
@@ -133,7 +133,7 @@ impl Lazy {
 
     /// The `200 application/json` response; the first call builds it (~1 ms,
     /// once; concurrent first callers wait for the one that builds).
-    pub fn response(&self) -> &Prebuilt {
+    pub(crate) fn response(&self) -> &Prebuilt {
         self.built.get_or_init(|| {
             Prebuilt::json_bytes(StatusCode::OK, serialized(&self.table, &self.options))
         })
@@ -148,7 +148,7 @@ impl Lazy {
 /// A thread's allocations come from an arena of their own, which the allocator
 /// gives back once they are all freed. If no thread can be started, it is built
 /// on this one.
-pub fn serialized(table: &[Route], options: &DocOptions) -> &'static [u8] {
+pub(crate) fn serialized(table: &[Route], options: &DocOptions) -> &'static [u8] {
     let build = || serde_json::to_vec(&document(table, options));
     let built = std::thread::scope(|scope| {
         match std::thread::Builder::new()
@@ -173,7 +173,7 @@ pub fn serialized(table: &[Route], options: &DocOptions) -> &'static [u8] {
 }
 
 /// The document for `table` as configured.
-pub fn document(table: &[Route], options: &DocOptions) -> Value {
+pub(crate) fn document(table: &[Route], options: &DocOptions) -> Value {
     let mut paths = Map::new();
     for route in table {
         if options.metrics_off && route.handler == Handler::Metrics {

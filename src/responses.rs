@@ -14,7 +14,7 @@ use http_body_util::Full;
 use std::time::Duration;
 
 /// The body type of every response tokengate sends.
-pub type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
@@ -23,7 +23,7 @@ const OPENMETRICS: HeaderValue =
 
 /// A response prepared at start-up: status, body and headers.
 #[derive(Clone, Debug)]
-pub struct Prebuilt {
+pub(crate) struct Prebuilt {
     status: StatusCode,
     body: Bytes,
     /// `content-length` of the GET body, sent with HEAD responses.
@@ -37,7 +37,7 @@ pub struct Prebuilt {
 
 impl Prebuilt {
     /// A JSON response with `content-type` and `content-length` prepared.
-    pub fn json(status: StatusCode, value: &serde_json::Value) -> Self {
+    pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Self {
         // Serialising a `Value` into a Vec cannot fail: it has string keys and no I/O.
         let body = serde_json::to_vec(value).expect("serialising a json Value cannot fail");
         // Leaked once at start-up (a handful of small bodies): a `&'static`
@@ -48,12 +48,12 @@ impl Prebuilt {
     }
 
     /// A JSON response from JSON already serialised for the process's life.
-    pub fn json_bytes(status: StatusCode, json: &'static [u8]) -> Self {
+    pub(crate) fn json_bytes(status: StatusCode, json: &'static [u8]) -> Self {
         Self::with_body(status, Bytes::from_static(json), true)
     }
 
     /// A response with an empty body (`content-length: 0`, none for 204).
-    pub fn empty(status: StatusCode) -> Self {
+    pub(crate) fn empty(status: StatusCode) -> Self {
         Self::with_body(status, Bytes::new(), false)
     }
 
@@ -70,20 +70,21 @@ impl Prebuilt {
     }
 
     /// Adds a header (builder style, at start-up).
-    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+    pub(crate) fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.push((name, value));
         self
     }
 
     /// The full body bytes (what `GET` sends).
-    pub fn body(&self) -> &Bytes {
+    #[cfg(test)]
+    pub(crate) fn body(&self) -> &Bytes {
         &self.body
     }
 
     /// Assembles the response. With `head`, the body is empty but
     /// `content-length` still gives the length of the `GET` body.
     #[inline]
-    pub fn respond(&self, head: bool) -> Response<Body> {
+    pub(crate) fn respond(&self, head: bool) -> Response<Body> {
         let body = if head {
             Bytes::new()
         } else {
@@ -108,12 +109,12 @@ impl Prebuilt {
 }
 
 /// `{"detail": text}`, FastAPI's error shape.
-pub fn detail(status: StatusCode, text: &str) -> Prebuilt {
+pub(crate) fn detail(status: StatusCode, text: &str) -> Prebuilt {
     Prebuilt::json(status, &serde_json::json!({ "detail": text }))
 }
 
 /// Builds the JSON body `{"message": text}`.
-pub fn message(text: &str) -> Prebuilt {
+pub(crate) fn message(text: &str) -> Prebuilt {
     Prebuilt::json(StatusCode::OK, &serde_json::json!({ "message": text }))
 }
 
@@ -162,7 +163,7 @@ impl Default for Realm {
 
 /// Every fixed response the server sends, built once.
 #[derive(Clone, Debug)]
-pub struct Responses {
+pub(crate) struct Responses {
     /// 401, no credential presented.
     pub unauthorized_missing: Prebuilt,
     /// 401, a wrong credential presented.
@@ -193,7 +194,7 @@ pub struct Responses {
 
 impl Responses {
     /// Builds every response; `realm` goes into `WWW-Authenticate`.
-    pub fn new(realm: &Realm) -> Self {
+    pub(crate) fn new(realm: &Realm) -> Self {
         let unauthorized =
             detail(StatusCode::UNAUTHORIZED, "Unauthorized").header(CACHE_CONTROL, NO_STORE);
         Responses {
@@ -225,15 +226,10 @@ impl Responses {
                 ),
         }
     }
-
-    /// 429 with `retry-after`.
-    pub fn too_many(&self, wait: Duration, head: bool) -> Response<Body> {
-        with_retry_after(self.too_many_requests.respond(head), wait)
-    }
 }
 
 /// Adds `retry-after`: the wait, rounded up to whole seconds (at least 1).
-pub fn with_retry_after(mut response: Response<Body>, wait: Duration) -> Response<Body> {
+pub(crate) fn with_retry_after(mut response: Response<Body>, wait: Duration) -> Response<Body> {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     response
         .headers_mut()
@@ -242,22 +238,22 @@ pub fn with_retry_after(mut response: Response<Body>, wait: Duration) -> Respons
 }
 
 /// `{"status": text}` with `cache-control: no-store` (health and readiness).
-pub fn status(code: StatusCode, text: &str) -> Prebuilt {
+pub(crate) fn status(code: StatusCode, text: &str) -> Prebuilt {
     Prebuilt::json(code, &serde_json::json!({ "status": text })).header(CACHE_CONTROL, NO_STORE)
 }
 
 /// 204 for `OPTIONS` on a route, with its `allow`.
-pub fn options(allow: HeaderValue) -> Prebuilt {
+pub(crate) fn options(allow: HeaderValue) -> Prebuilt {
     Prebuilt::empty(StatusCode::NO_CONTENT).header(ALLOW, allow)
 }
 
 /// 405 for a method a route does not answer, with its `allow` (RFC 9110 §15.5.6).
-pub fn method_not_allowed(allow: HeaderValue) -> Prebuilt {
+pub(crate) fn method_not_allowed(allow: HeaderValue) -> Prebuilt {
     detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed").header(ALLOW, allow)
 }
 
 /// 200 with the Prometheus exposition `text` (`ok` carries the route's headers).
-pub fn metrics(ok: &Prebuilt, text: String, head: bool) -> Response<Body> {
+pub(crate) fn metrics(ok: &Prebuilt, text: String, head: bool) -> Response<Body> {
     let length = HeaderValue::from(text.len());
     let mut response = ok.respond(head);
     *response.body_mut() = Full::new(if head {
@@ -273,12 +269,12 @@ pub fn metrics(ok: &Prebuilt, text: String, head: bool) -> Response<Body> {
 }
 
 /// The body of a protected route's success: `cache-control: no-store` added.
-pub fn protected(ok: Prebuilt) -> Prebuilt {
+pub(crate) fn protected(ok: Prebuilt) -> Prebuilt {
     ok.header(CACHE_CONTROL, NO_STORE)
 }
 
 /// 307 to `location` (relative: the Host header is never reflected).
-pub fn redirect(location: HeaderValue) -> Response<Body> {
+pub(crate) fn redirect(location: HeaderValue) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
     response.headers_mut().insert(LOCATION, location);
@@ -338,9 +334,12 @@ mod tests {
     #[test]
     fn retry_after_rounds_up() {
         let r = Responses::new(&Realm::default());
-        let resp = r.too_many(Duration::from_millis(1500), false);
+        let resp = with_retry_after(
+            r.too_many_requests.respond(false),
+            Duration::from_millis(1500),
+        );
         assert_eq!(resp.headers()[RETRY_AFTER], "2");
-        let resp = r.too_many(Duration::ZERO, true);
+        let resp = with_retry_after(r.too_many_requests.respond(true), Duration::ZERO);
         assert_eq!(resp.headers()[RETRY_AFTER], "1");
     }
 }

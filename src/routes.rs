@@ -64,9 +64,9 @@ pub struct Route {
 }
 
 /// `GET` and `HEAD`, what every route of tokengate answers.
-pub const GET_HEAD: &[Method] = &[Method::GET, Method::HEAD];
+pub(crate) const GET_HEAD: &[Method] = &[Method::GET, Method::HEAD];
 /// Every method.
-pub const ANY_METHOD: &[Method] = &[];
+pub(crate) const ANY_METHOD: &[Method] = &[];
 
 impl Route {
     /// Whether `path` (normalised) is this route.
@@ -149,7 +149,7 @@ pub const ROUTES: &[Route] = &[
 
 /// The metric label of requests that matched no route (404s, redirects,
 /// requests rejected before routing).
-pub const OTHER_LABEL: &str = "other";
+pub(crate) const OTHER_LABEL: &str = "other";
 
 /// A route's position in its table; the table's length stands for "other".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,7 +157,7 @@ pub struct RouteIndex(pub usize);
 
 /// A route as served: its row and the responses prepared for it.
 #[derive(Debug)]
-pub struct Compiled {
+pub(crate) struct Compiled {
     /// The row of the table.
     pub route: Route,
     /// Its position in the table it was compiled from (its metric series).
@@ -176,7 +176,7 @@ pub struct Compiled {
 
 /// What a request's path matched.
 #[derive(Debug)]
-pub enum Match<'a> {
+pub(crate) enum Match<'a> {
     /// A route.
     Route(&'a Compiled),
     /// The path of a route plus one `/`: redirect there (query kept).
@@ -187,7 +187,7 @@ pub enum Match<'a> {
 
 /// Route options that come from the configuration.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RouterOptions {
+pub(crate) struct RouterOptions {
     /// `--metrics-public`.
     pub metrics_public: bool,
     /// `--metrics off` removes `/metrics`.
@@ -202,13 +202,13 @@ pub struct RouterOptions {
 
 /// The compiled route table.
 #[derive(Debug)]
-pub struct Router {
+pub(crate) struct Router {
     routes: Vec<Compiled>,
 }
 
 impl Router {
     /// Compiles `table`; every response is serialised here, once.
-    pub fn new(table: &[Route], options: RouterOptions) -> Self {
+    pub(crate) fn new(table: &[Route], options: RouterOptions) -> Self {
         let routes = table
             .iter()
             .enumerate()
@@ -252,13 +252,13 @@ impl Router {
     }
 
     /// The metric labels, in [`RouteIndex`] order, `other` last.
-    pub fn labels(table: &[Route]) -> Vec<&'static str> {
+    pub(crate) fn labels(table: &[Route]) -> Vec<&'static str> {
         table.iter().map(|r| r.label).chain([OTHER_LABEL]).collect()
     }
 
     /// Matches a request's path.
     #[inline(always)]
-    pub fn find<B>(&self, req: &Request<B>) -> Match<'_> {
+    pub(crate) fn find<B>(&self, req: &Request<B>) -> Match<'_> {
         let path = normalize(req.uri().path());
         if let Some(route) = self.routes.iter().find(|r| r.route.matches(&path)) {
             return Match::Route(route);

@@ -130,7 +130,7 @@ fn the_gateway_allocates_about_what_a_bare_proxy_does() {
         let keys = KeySet::demo();
         let config = AppConfig {
             gateway: Some(tokengate::gateway::GatewayConfig::new(
-                tokengate::gateway::upstream::Upstream::parse(&format!("http://{up_addr}")).unwrap(),
+                tokengate::gateway::Upstream::parse(&format!("http://{up_addr}")).unwrap(),
             )),
             ..AppConfig::default()
         };

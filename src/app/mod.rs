@@ -31,7 +31,7 @@ pub(crate) use gateway::{GatewayService, Step};
 use record::{Key, Line};
 
 /// The `route` label of requests passed on to the upstream.
-pub const UPSTREAM_LABEL: &str = "upstream";
+pub(crate) const UPSTREAM_LABEL: &str = "upstream";
 
 /// Settings of the application that are not keys.
 #[derive(Clone, Debug)]

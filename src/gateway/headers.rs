@@ -58,7 +58,7 @@ const ALWAYS_STRIPPED: [&str; 7] = [
 /// written once per connection (a request's `X-Forwarded-For` and
 /// `X-Real-IP` share it instead of formatting and allocating their own).
 #[derive(Debug, Clone)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// The address.
     pub ip: IpAddr,
     /// The address as text.
@@ -67,7 +67,7 @@ pub struct Peer {
 
 impl Peer {
     /// `ip` and its text.
-    pub fn new(ip: IpAddr) -> Self {
+    pub(crate) fn new(ip: IpAddr) -> Self {
         let mut buf = [0u8; 48];
         let len = write_ip(&mut buf, ip);
         Peer {
@@ -80,7 +80,7 @@ impl Peer {
 
 /// What tokengate knows about the request it passes on.
 #[derive(Debug, Clone, Copy)]
-pub struct Hop<'a> {
+pub(crate) struct Hop<'a> {
     /// The connecting peer.
     pub peer: &'a Peer,
     /// The client address tokengate determined (`X-Real-IP`).
@@ -102,7 +102,7 @@ pub struct Hop<'a> {
 }
 
 /// Rewrites `headers` (the client's request head) into the upstream's.
-pub fn for_upstream(headers: &mut HeaderMap, hop: &Hop<'_>) {
+pub(crate) fn for_upstream(headers: &mut HeaderMap, hop: &Hop<'_>) {
     // Which of the fields to strip are there at all: one pass over the
     // request's fields (comparing names, no hashing) spares a hashed
     // `remove` for every absent one — most requests carry only the token.
@@ -371,7 +371,7 @@ impl Present {
 
 /// The hop-by-hop fields of a response head, stripped before it goes back
 /// to the client (the same rules: what `Connection` names, then the fields).
-pub fn for_client(headers: &mut HeaderMap, upgrade: bool) {
+pub(crate) fn for_client(headers: &mut HeaderMap, upgrade: bool) {
     let present = Present::scan(headers, None, false);
     if present.has(Present::CONNECTION) {
         for name in connection_named(headers) {

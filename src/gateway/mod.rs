@@ -1,32 +1,38 @@
 //! Gateway mode (`--upstream`): tokengate in front of one HTTP service,
-//! checking keys and passing requests on. `App::gateway_step` decides
+//! checking keys and passing requests on. The gateway listener's service
+//! (`app::GatewayService`) decides
 //! (tokengate's own routes, head problems and denials are answered here);
 //! what passes goes through:
 //!
-//! * [`headers`] — header hygiene: hop-by-hop fields stripped first (with
+//! * `headers` — header hygiene: hop-by-hop fields stripped first (with
 //!   every field `Connection` names), then tokengate's own fields set, so a
 //!   client cannot remove them (golang/go#50580); the credential and a
 //!   client-sent `x-auth-key-label` never reach the upstream.
-//! * [`upstream`] — the `--upstream` URL, and the target the upstream gets:
+//! * `upstream` — the `--upstream` URL, and the target the upstream gets:
 //!   its path prefix, then the client's path and query byte for byte.
-//! * [`proxy`] — one request upstream and its response back, bodies
+//! * `proxy` — one request upstream and its response back, bodies
 //!   streamed, upgrades passed through, 502/504; rustls with the webpki
 //!   roots and `--upstream-ca` for `https://` upstreams.
-//! * [`pool`] — the HTTP/1.1 keep-alive client: a pool shared by all client
+//! * `sending` — a request on its way, until the response head or
+//!   `--upstream-timeout`.
+//! * `pool` — the HTTP/1.1 keep-alive client: a pool shared by all client
 //!   connections, each upstream connection driven by the task of the request
 //!   using it (`--upstream-http2` uses hyper-util's legacy client).
-//! * [`upgrade`] — which upgrades pass, and which 101 opens a tunnel.
-//! * [`trailers`] — request trailers are dropped.
-//! * [`tunnels`] — upgraded connections, counted so the drain waits for them
+//! * `upgrade` — which upgrades pass, and which 101 opens a tunnel.
+//! * `trailers` — request trailers are dropped.
+//! * `tunnels` — upgraded connections, counted so the drain waits for them
 //!   and closes them at its deadline.
 
-pub mod headers;
-pub mod pool;
-pub mod proxy;
-pub mod trailers;
-pub mod tunnels;
-pub mod upgrade;
-pub mod upstream;
+pub(crate) mod headers;
+pub(crate) mod pool;
+pub(crate) mod proxy;
+pub(crate) mod sending;
+pub(crate) mod trailers;
+pub(crate) mod tunnels;
+pub(crate) mod upgrade;
+pub(crate) mod upstream;
+
+pub use upstream::{Upstream, UpstreamError};
 
 use std::path::Path;
 use std::time::Duration;
@@ -37,7 +43,6 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::keys::Scope;
 use upgrade::Upgrades;
-use upstream::Upstream;
 
 /// The validated gateway settings (`--upstream` and its companions).
 #[derive(Clone, Debug)]
@@ -63,7 +68,7 @@ pub struct GatewayConfig {
     /// How long a pooled HTTP/1.1 connection must have been idle for an
     /// idempotent request without a body sent on it to keep a copy of its
     /// head, to be sent again if the upstream closes it unanswered
-    /// ([`pool::RESEND_IF_IDLE`]; no flag: tests set it).
+    /// (`pool::RESEND_IF_IDLE`; no flag: tests set it).
     pub resend_if_idle: std::time::Duration,
 }
 

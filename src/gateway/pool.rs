@@ -48,9 +48,9 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 /// Idle connections kept at most (hyper-util's client was given the same).
-pub const MAX_IDLE: usize = 256;
+pub(crate) const MAX_IDLE: usize = 256;
 /// How long a connection stays idle before it is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often idle connections are looked at, while there are any: those the
 /// upstream closed are closed here too within this (nothing polls an idle
 /// connection otherwise), and those idle for [`IDLE_TIMEOUT`] are closed.
@@ -70,11 +70,11 @@ type Responding =
 /// idempotent request without a body sent on one keeps a copy of its head,
 /// to be sent again on a new connection if no response comes. Connections
 /// reused sooner (a busy gateway's) skip the copy.
-pub const RESEND_IF_IDLE: Duration = Duration::from_millis(250);
+pub(crate) const RESEND_IF_IDLE: Duration = Duration::from_millis(250);
 
 /// Why the upstream gave no response.
 #[derive(Debug)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// No connection: refused, unreachable, TLS or handshake failed.
     Connect(BoxError),
     /// The exchange on a connection failed.
@@ -113,7 +113,7 @@ struct Idle {
 }
 
 /// The pool, and how to dial a new connection.
-pub struct Pool {
+pub(crate) struct Pool {
     idle: Mutex<VecDeque<Idle>>,
     /// Whether a sweep is scheduled (set and cleared under `idle`'s lock).
     sweeping: AtomicBool,
@@ -136,7 +136,7 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// An empty pool for connections to `upstream` (scheme, host, port)
     /// made by `connector`.
-    pub fn new(
+    pub(crate) fn new(
         connector: HttpsConnector<HttpConnector>,
         upstream: Uri,
         resend_if_idle: Duration,
@@ -155,7 +155,7 @@ impl Pool {
     /// it is dialled: the returned future yields the response head and the
     /// connection it came on (for the body to drive). `now`: the request's
     /// start.
-    pub fn send(
+    pub(crate) fn send(
         self: &Arc<Self>,
         request: Request<Untrailed>,
         upgrade: bool,
@@ -297,7 +297,7 @@ impl Pool {
 
 /// A connection on loan to one request: back to the pool when dropped, if
 /// the exchange left it ready for another request.
-pub struct Lease {
+pub(crate) struct Lease {
     conn: Option<Box<Conn>>,
     pool: Arc<Pool>,
 }
@@ -305,7 +305,7 @@ pub struct Lease {
 impl Lease {
     /// Closes the connection instead of putting it back (the upstream
     /// answered in a way that leaves it unusable: a 101 refused).
-    pub fn discard(mut self) {
+    pub(crate) fn discard(mut self) {
         self.conn = None;
     }
 
@@ -328,7 +328,7 @@ impl Drop for Lease {
 
 /// A request on its way: a connection taken or dialled, the request sent,
 /// its response head awaited.
-pub struct Exchange {
+pub(crate) struct Exchange {
     pool: Arc<Pool>,
     upgrade: bool,
     state: State,
@@ -470,7 +470,7 @@ pin_project_lite::pin_project! {
 impl UpstreamBody {
     /// `body`, with the connection it comes on (`None`: a connection of its
     /// own, e.g. from the legacy client).
-    pub fn new(body: Incoming, lease: Option<Lease>) -> Self {
+    pub(crate) fn new(body: Incoming, lease: Option<Lease>) -> Self {
         UpstreamBody { body, lease }
     }
 }

@@ -1,11 +1,8 @@
 //! The proxy path: one request to the upstream and its response back, bodies
 //! streamed both ways (never buffered whole), upgrades passed through.
 
-use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,8 +11,8 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, Error as LegacyError, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
@@ -23,18 +20,19 @@ use tracing::{debug, warn};
 
 use super::GatewayConfig;
 use super::headers::{Hop, Peer, for_client, for_upstream, join_cookies, unpin_values};
-use super::pool::{self, Lease, Pool, UpstreamBody};
+use super::pool::{self, Pool, UpstreamBody};
+use super::sending::{Answered, Call, Prepared, Rest, Sending};
 use super::trailers::Untrailed;
 use super::tunnels::Tunnels;
-use super::upgrade::{Expected, Upgrades};
+use super::upgrade::Upgrades;
 use super::upstream::Upstream;
 use crate::keys::Scope;
-use crate::metrics::{Metrics, UpstreamError};
+use crate::metrics::{Metrics, UpstreamFailure};
 use crate::responses::Responses;
 
 /// The body of every response the server sends: a prebuilt one, or the
 /// upstream's, streamed.
-pub type ServiceBody = Either<Full<Bytes>, UpstreamBody>;
+pub(crate) type ServiceBody = Either<Full<Bytes>, UpstreamBody>;
 
 /// The upstream client.
 enum Clients {
@@ -46,7 +44,7 @@ enum Clients {
 }
 
 /// The upstream, its client and the gateway's rules.
-pub struct Gateway {
+pub(crate) struct Gateway {
     upstream: Upstream,
     client: Clients,
     timeout: Duration,
@@ -69,7 +67,7 @@ impl std::fmt::Debug for Gateway {
 }
 
 /// What the proxy needs to know of the request besides the request itself.
-pub struct Forward {
+pub(crate) struct Forward {
     /// The connecting peer.
     pub peer: IpAddr,
     /// The client address (the peer, or what a trusted proxy says).
@@ -88,7 +86,7 @@ impl Gateway {
     /// The pooled keep-alive client for `config`: HTTP/1.1 by tokengate's
     /// pool ([`super::pool`]); HTTP/2 with `--upstream-http2` by hyper-util's
     /// client (by ALPN over TLS, prior knowledge over cleartext).
-    pub fn new(config: &GatewayConfig) -> Self {
+    pub(crate) fn new(config: &GatewayConfig) -> Self {
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         for cert in &config.ca {
@@ -144,13 +142,13 @@ impl Gateway {
     }
 
     /// The upgraded connections handed through.
-    pub fn tunnels(&self) -> &Arc<Tunnels> {
+    pub(crate) fn tunnels(&self) -> &Arc<Tunnels> {
         &self.tunnels
     }
 
     /// Whether `req`'s host (`:authority`, the absolute-form target's, or
     /// `Host`) is one of `--allowed-hosts` (any host without the flag).
-    pub fn host_allowed<B>(&self, req: &Request<B>) -> bool {
+    pub(crate) fn host_allowed<B>(&self, req: &Request<B>) -> bool {
         let Some(allowed) = &self.allowed_hosts else {
             return true;
         };
@@ -167,14 +165,14 @@ impl Gateway {
     }
 
     /// Whether `method` on `path` (normalised) is a `--public` path.
-    pub fn is_public(&self, method: &Method, path: &str) -> bool {
+    pub(crate) fn is_public(&self, method: &Method, path: &str) -> bool {
         self.public.iter().any(|rule| rule.allows(method, path))
     }
 
     /// Rewrites `req` into the upstream's request (headers, target, `Host`),
     /// synchronously: the future that waits for the upstream then holds only
     /// what crosses the wait (a smaller future is cheaper to move).
-    pub fn prepare(
+    pub(crate) fn prepare(
         &self,
         mut req: Request<Incoming>,
         hop: &Forward,
@@ -268,7 +266,7 @@ impl Gateway {
     /// Sends a prepared request upstream; what is returned waits for the
     /// response head, within `--upstream-timeout`. [`Gateway::finish`] turns
     /// what it yields into the client's response.
-    pub fn send(&self, prepared: Prepared) -> Sending {
+    pub(crate) fn send(&self, prepared: Prepared) -> Sending {
         let Prepared {
             request,
             client_upgrade,
@@ -278,14 +276,14 @@ impl Gateway {
         } = prepared;
         // The request's start stands for the send's (microseconds apart):
         // one clock read less per request.
-        let exchange = match &self.client {
+        let call = match &self.client {
             Clients::Http1(pool) => {
-                Exchange::Http1(pool.send(request, client_upgrade.is_some(), started))
+                Call::Http1(pool.send(request, client_upgrade.is_some(), started))
             }
-            Clients::Legacy(client) => Exchange::Legacy(client.request(request)),
+            Clients::Legacy(client) => Call::Legacy(client.request(request)),
         };
         Sending {
-            response: tokio::time::timeout_at((started + self.timeout).into(), exchange),
+            response: tokio::time::timeout_at((started + self.timeout).into(), call),
             rest: Some(Rest {
                 client_upgrade,
                 expected,
@@ -299,7 +297,7 @@ impl Gateway {
     /// (headers made fit for the client, an upgrade handed through), or
     /// tokengate's own 502/504 with no upstream detail. `now`: when it
     /// answered.
-    pub fn finish(
+    pub(crate) fn finish(
         &self,
         answered: Answered,
         responses: &Responses,
@@ -320,9 +318,9 @@ impl Gateway {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
                 let kind = if e.is_connect() {
-                    UpstreamError::Connect
+                    UpstreamFailure::Connect
                 } else {
-                    UpstreamError::Other
+                    UpstreamFailure::Other
                 };
                 warn!(upstream = %self.upstream.authority(), error = %e, "upstream request failed");
                 if let Some(m) = metrics {
@@ -334,7 +332,7 @@ impl Gateway {
                 warn!(upstream = %self.upstream.authority(), timeout = ?self.timeout, "upstream response head timed out");
                 if let Some(m) = metrics {
                     m.upstream_failed(
-                        UpstreamError::Timeout,
+                        UpstreamFailure::Timeout,
                         now.saturating_duration_since(started),
                     );
                 }
@@ -377,109 +375,4 @@ impl Gateway {
         }
         response.map(|body| Either::Right(UpstreamBody::new(body, lease)))
     }
-}
-
-/// The client's work for one request.
-enum Exchange {
-    Http1(pool::Exchange),
-    Legacy(ResponseFuture),
-}
-
-/// Why the upstream gave no response, from either client.
-pub enum Failed {
-    /// tokengate's HTTP/1.1 client.
-    Http1(pool::Failure),
-    /// hyper-util's client (`--upstream-http2`).
-    Legacy(LegacyError),
-}
-
-impl Failed {
-    fn is_connect(&self) -> bool {
-        match self {
-            Failed::Http1(e) => matches!(e, pool::Failure::Connect(_)),
-            Failed::Legacy(e) => e.is_connect(),
-        }
-    }
-}
-
-impl std::fmt::Display for Failed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failed::Http1(e) => e.fmt(f),
-            Failed::Legacy(e) => e.fmt(f),
-        }
-    }
-}
-
-type Exchanged = Result<(Response<Incoming>, Option<Lease>), Failed>;
-
-impl Future for Exchange {
-    type Output = Exchanged;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Exchanged> {
-        match self.get_mut() {
-            Exchange::Http1(exchange) => Pin::new(exchange).poll(cx).map(|r| {
-                r.map(|(response, lease)| (response, Some(lease)))
-                    .map_err(Failed::Http1)
-            }),
-            Exchange::Legacy(response) => Pin::new(response)
-                .poll(cx)
-                .map(|r| r.map(|response| (response, None)).map_err(Failed::Legacy)),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A request on its way to the upstream, until its response head (or
-    /// the timeout). A named future rather than an `async fn`: an async
-    /// function keeps its arguments for its whole life beside what it
-    /// awaits, so the request was held twice over in the future hyper
-    /// moves around (1,200 bytes; this one holds the client's boxed future,
-    /// the timer and a few words).
-    pub struct Sending {
-        #[pin]
-        response: tokio::time::Timeout<Exchange>,
-        rest: Option<Rest>,
-    }
-}
-
-/// What [`Sending`] yields: the upstream's answer (or the client's error, or
-/// the timeout) and what [`Gateway::finish`] needs besides.
-pub struct Answered {
-    result: Result<Exchanged, tokio::time::error::Elapsed>,
-    rest: Rest,
-}
-
-/// What crosses the wait for the upstream besides its response.
-struct Rest {
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    /// What the 101 must say to open a tunnel (boxed: upgrades are rare).
-    expected: Option<Box<Expected>>,
-    client_h2: bool,
-    started: Instant,
-}
-
-impl Future for Sending {
-    type Output = Answered;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answered> {
-        let this = self.project();
-        let result = std::task::ready!(this.response.poll(cx));
-        match this.rest.take() {
-            Some(rest) => Poll::Ready(Answered { result, rest }),
-            // Futures are not polled again once they returned `Ready`.
-            None => Poll::Pending,
-        }
-    }
-}
-
-/// The upstream's request, ready to send, and the client's side of an
-/// upgrade being passed through.
-pub struct Prepared {
-    request: Request<Untrailed>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    expected: Option<Box<Expected>>,
-    client_h2: bool,
-    /// When tokengate started on the request.
-    start: Instant,
 }

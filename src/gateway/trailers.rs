@@ -15,11 +15,11 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 /// The client's request body, its trailers dropped.
 #[derive(Debug)]
-pub struct Untrailed(Incoming);
+pub(crate) struct Untrailed(Incoming);
 
 impl Untrailed {
     /// Wraps the client's body.
-    pub fn new(body: Incoming) -> Self {
+    pub(crate) fn new(body: Incoming) -> Self {
         Untrailed(body)
     }
 }

@@ -8,7 +8,7 @@ use tokio::sync::{Notify, watch};
 
 /// The open tunnels.
 #[derive(Debug)]
-pub struct Tunnels {
+pub(crate) struct Tunnels {
     open: AtomicUsize,
     closed: Notify,
     stop: watch::Sender<bool>,
@@ -26,7 +26,7 @@ impl Default for Tunnels {
 
 impl Tunnels {
     /// Runs `tunnel` on its own task until it ends or [`Tunnels::close_all`].
-    pub fn spawn<F>(self: &std::sync::Arc<Self>, tunnel: F)
+    pub(crate) fn spawn<F>(self: &std::sync::Arc<Self>, tunnel: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -44,12 +44,12 @@ impl Tunnels {
     }
 
     /// How many tunnels are open.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(SeqCst)
     }
 
     /// Completes when no tunnel is open.
-    pub async fn all_closed(&self) {
+    pub(crate) async fn all_closed(&self) {
         loop {
             let closed = self.closed.notified();
             tokio::pin!(closed);
@@ -62,7 +62,7 @@ impl Tunnels {
     }
 
     /// Closes every tunnel (the drain deadline, or a second stop signal).
-    pub fn close_all(&self) {
+    pub(crate) fn close_all(&self) {
         self.stop.send_replace(true);
     }
 }

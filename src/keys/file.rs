@@ -14,7 +14,7 @@ use zeroize::{Zeroize, Zeroizing};
 use super::{Digest, InsertError, Key, KeySet, KeySource, Scope, ScopeProblem};
 
 /// The token used when no key source is configured.
-pub const DEMO_TOKEN: &str = "mysecrettoken";
+pub(crate) const DEMO_TOKEN: &str = "mysecrettoken";
 
 /// The environment variable that holds one token.
 pub const TOKEN_ENV: &str = "TOKENGATE_TOKEN";
@@ -108,7 +108,7 @@ pub enum LineProblem {
 pub const MIN_TOKEN_LEN: usize = 16;
 
 /// Checks that a token can be sent in a header and compared byte for byte.
-pub fn validate_token(token: &str) -> Result<(), TokenProblem> {
+pub(super) fn validate_token(token: &str) -> Result<(), TokenProblem> {
     if token.trim().is_empty() {
         return Err(TokenProblem::Empty);
     }

@@ -1,6 +1,6 @@
 //! The key set: SHA-256 digests of the accepted tokens, the credential a
 //! request carries, and the check of one against the other. The key-file
-//! format and loading live in [`mod@file`].
+//! format and loading live in `mod@file`.
 //!
 //! # Why this is timing-safe
 //!
@@ -34,10 +34,13 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
-pub mod file;
-pub mod scope;
+pub(crate) mod file;
+pub(crate) mod scope;
 
-pub use file::{KeyError, KeySources, LineProblem, TokenProblem};
+pub use file::{
+    KeyError, KeySources, LineProblem, MIN_TOKEN_LEN, TOKEN_ENV, TokenProblem, hash_token_line,
+    parse_key_file,
+};
 pub use scope::{Methods, PathPattern, Scope, ScopeProblem};
 
 /// What the guard decided about a request's credential (here, beside the
@@ -294,7 +297,7 @@ impl KeySet {
     }
 
     /// The set tokengate runs with when no key is configured: the demo key
-    /// ([`file::DEMO_TOKEN`]) alone, labelled `demo`.
+    /// (`file::DEMO_TOKEN`) alone, labelled `demo`.
     pub fn demo() -> Self {
         let mut keys = Self::new();
         let key = Key::new(

@@ -144,11 +144,11 @@ pub(super) async fn until_aborted<F: Future>(activity: &Activity, fut: F) -> Opt
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::streams::StreamExecutor;
+    use super::*;
+    use hyper::rt::Executor;
     use std::convert::Infallible;
     use std::sync::Arc;
-    use hyper::rt::Executor;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use std::task::{Context, Wake, Waker};
 

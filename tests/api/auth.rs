@@ -58,7 +58,7 @@ async fn repeated_credential_fields_are_401_in_any_order() {
 async fn custom_header_and_realm() {
     let app = AppConfig {
         token_header: HeaderName::from_static("x-api-key"),
-        realm: tokengate::responses::Realm::new("orders api").unwrap(),
+        realm: tokengate::Realm::new("orders api").unwrap(),
         ..AppConfig::default()
     };
     let server = TestServer::with(keys(&[KEY]), app, Limits::default()).await;

@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use tokengate::client::TrustedProxies;
+use tokengate::TrustedProxies;
 use tokengate::gateway::parse_public;
 use tokengate::throttle::ThrottleConfig;
 use tokengate::{AppConfig, Limits};
@@ -495,8 +495,7 @@ async fn options_asterisk_with_a_prefix() {
     let s = gate_in_front_of(addr, |c| {
         if let Some(g) = c.gateway.as_mut() {
             g.upstream =
-                tokengate::gateway::upstream::Upstream::parse(&format!("http://{addr}/api"))
-                    .unwrap();
+                tokengate::gateway::Upstream::parse(&format!("http://{addr}/api")).unwrap();
         }
     })
     .await;

@@ -2,7 +2,7 @@
 //! HAProxy; per-key scopes and expiry; trusted proxies and the client address.
 
 use http::{Method, StatusCode};
-use tokengate::client::TrustedProxies;
+use tokengate::TrustedProxies;
 use tokengate::throttle::ThrottleConfig;
 use tokengate::{AppConfig, Limits};
 

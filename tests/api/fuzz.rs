@@ -119,7 +119,7 @@ proptest! {
         prop_assert!(DOCUMENTED.contains(&status), "undocumented status {}", status);
         if status == 200 {
             prop_assert!(method == Method::GET || method == Method::HEAD);
-            let normalized = tokengate::routes::normalize(req.uri().path()).into_owned();
+            let normalized = tokengate::normalize(req.uri().path()).into_owned();
             prop_assert!(normalized == "/public" || normalized == "/protected", "200 for {}", normalized);
             if normalized == "/protected" {
                 prop_assert!(key_is_presented(req.headers()), "200 without the key: {:?}", req.headers());

@@ -20,7 +20,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokengate::client::TrustedProxies;
+use tokengate::TrustedProxies;
 use tokengate::{AppConfig, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixStream};
@@ -429,7 +429,7 @@ async fn nginx_file_server_behind_the_gateway_serves_no_secret() {
         gateway: Some(tokengate::gateway::GatewayConfig {
             public: vec![tokengate::gateway::parse_public("GET:/open/*").unwrap()],
             ..tokengate::gateway::GatewayConfig::new(
-                tokengate::gateway::upstream::Upstream::parse(&format!("http://{files}")).unwrap(),
+                tokengate::gateway::Upstream::parse(&format!("http://{files}")).unwrap(),
             )
         }),
         ..AppConfig::default()

@@ -476,7 +476,7 @@ where
 /// A key set from key-file text (labels, scopes, expiry), as the server reads it.
 pub fn keys_from(text: &str) -> KeySet {
     let mut set = KeySet::new();
-    tokengate::keys::file::parse_key_file(text, "test-keys", &mut set).unwrap();
+    tokengate::keys::parse_key_file(text, "test-keys", &mut set).unwrap();
     set
 }
 

@@ -25,7 +25,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokengate::gateway::upstream::Upstream;
+use tokengate::gateway::Upstream;
 use tokengate::gateway::{GatewayConfig, parse_public};
 use tokengate::{AppConfig, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
