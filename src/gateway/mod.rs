@@ -18,12 +18,15 @@
 //! * `pool` — the HTTP/1.1 keep-alive client: a pool shared by all client
 //!   connections, each upstream connection driven by the task of the request
 //!   using it (`--upstream-http2` uses hyper-util's legacy client).
+//! * `lease` — a pooled connection on loan to a request, driven by the
+//!   response body while it streams, back to the pool when the body is dropped.
 //! * `upgrade` — which upgrades pass, and which 101 opens a tunnel.
 //! * `trailers` — request trailers are dropped.
 //! * `tunnels` — upgraded connections, counted so the drain waits for them
 //!   and closes them at its deadline.
 
 pub(crate) mod headers;
+pub(crate) mod lease;
 pub(crate) mod pool;
 pub(crate) mod proxy;
 pub(crate) mod sending;

@@ -36,7 +36,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, Uri};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Incoming};
+
+use super::lease::Lease;
 
 use super::trailers::Untrailed;
 use hyper::client::conn::TrySendError;
@@ -92,7 +94,7 @@ impl std::fmt::Display for Failure {
 
 /// One upstream connection: the handle requests go through, and the future
 /// that does its I/O.
-struct Conn {
+pub(super) struct Conn {
     sender: SendRequest<UpBody>,
     io: Connection<Io, UpBody>,
 }
@@ -100,7 +102,7 @@ struct Conn {
 impl Conn {
     /// Does the connection's pending I/O. `false` once the connection is
     /// over (closed by either side, or failed): it must not be polled again.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+    pub(super) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
         Pin::new(&mut self.io).poll(cx).is_pending()
     }
 }
@@ -197,7 +199,7 @@ impl Pool {
 
     /// Takes `conn` back if the exchange on it is over and it is ready for
     /// another request; otherwise it is dropped, which closes it.
-    fn put_back(self: &Arc<Self>, mut conn: Box<Conn>) {
+    pub(super) fn put_back(self: &Arc<Self>, mut conn: Box<Conn>) {
         // Lets hyper finish with the response (keep-alive bookkeeping) and
         // notice a close. The waker does nothing, and is left registered
         // with the socket instead of the task that used the connection last:
@@ -291,37 +293,6 @@ impl Pool {
                 .await
                 .map_err(|e| Failure::Connect(e.into()))?;
             Ok(Box::new(Conn { sender, io }))
-        }
-    }
-}
-
-/// A connection on loan to one request: back to the pool when dropped, if
-/// the exchange left it ready for another request.
-pub(crate) struct Lease {
-    conn: Option<Box<Conn>>,
-    pool: Arc<Pool>,
-}
-
-impl Lease {
-    /// Closes the connection instead of putting it back (the upstream
-    /// answered in a way that leaves it unusable: a 101 refused).
-    pub(crate) fn discard(mut self) {
-        self.conn = None;
-    }
-
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if let Some(conn) = &mut self.conn
-            && !conn.drive(cx)
-        {
-            self.conn = None;
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.pool.put_back(conn);
         }
     }
 }
@@ -454,56 +425,6 @@ impl Future for Exchange {
                 State::Done => return Poll::Pending,
             }
         }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// An upstream response body, streamed: drives its connection while it
-    /// is read, and holds the lease until it is dropped.
-    pub struct UpstreamBody {
-        #[pin]
-        body: Incoming,
-        lease: Option<Lease>,
-    }
-}
-
-impl UpstreamBody {
-    /// `body`, with the connection it comes on (`None`: a connection of its
-    /// own, e.g. from the legacy client).
-    pub(crate) fn new(body: Incoming, lease: Option<Lease>) -> Self {
-        UpstreamBody { body, lease }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
-        if let Poll::Ready(frame) = this.body.as_mut().poll_frame(cx) {
-            return Poll::Ready(frame);
-        }
-        match this.lease {
-            // The body asked for more: the connection reads it, then the
-            // body has it.
-            Some(lease) => {
-                lease.drive(cx);
-                this.body.poll_frame(cx)
-            }
-            None => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

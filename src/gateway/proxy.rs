@@ -20,7 +20,8 @@ use tracing::{debug, warn};
 
 use super::GatewayConfig;
 use super::headers::{Hop, Peer, for_client, for_upstream, join_cookies, unpin_values};
-use super::pool::{self, Pool, UpstreamBody};
+use super::lease::UpstreamBody;
+use super::pool::{self, Pool};
 use super::sending::{Answered, Call, Prepared, Rest, Sending};
 use super::trailers::Untrailed;
 use super::tunnels::Tunnels;

@@ -11,7 +11,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{Error as LegacyError, ResponseFuture};
 
-use super::pool::{self, Lease};
+use super::lease::Lease;
+use super::pool;
 use super::trailers::Untrailed;
 use super::upgrade::Expected;
 

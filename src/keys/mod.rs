@@ -24,18 +24,20 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::{Arc, OnceLock};
 
 use http::header::AUTHORIZATION;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq;
 
+mod digest;
 pub(crate) mod file;
 pub(crate) mod scope;
+
+pub use digest::Digest;
+use digest::DigestHasher;
 
 pub use file::{
     KeyError, KeySources, LineProblem, MIN_TOKEN_LEN, TOKEN_ENV, TokenProblem, hash_token_line,
@@ -60,79 +62,6 @@ pub enum Outcome {
     Forbidden(KeyId),
     /// The client is over its failed-credential limit: 429 for this long.
     Throttled(Duration),
-}
-
-/// A SHA-256 digest of a token. Equality is constant-time.
-#[derive(Clone, Copy, Eq)]
-pub struct Digest([u8; 32]);
-
-impl Digest {
-    /// Hashes a token.
-    pub fn of(token: &[u8]) -> Self {
-        Digest(Sha256::digest(token).into())
-    }
-
-    /// Wraps raw digest bytes (from a `sha256:<hex>` key line).
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Digest(bytes)
-    }
-
-    /// The lowercase hex form, as written in a key file after `sha256:`.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl PartialEq for Digest {
-    /// Constant-time: the four 64-bit words are XORed and ORed together with
-    /// no data-dependent branch, and `subtle` compares the result with zero.
-    fn eq(&self, other: &Self) -> bool {
-        let mut diff = 0u64;
-        for (a, b) in self.0.chunks_exact(8).zip(other.0.chunks_exact(8)) {
-            let mut wa = [0u8; 8];
-            let mut wb = [0u8; 8];
-            wa.copy_from_slice(a);
-            wb.copy_from_slice(b);
-            diff |= u64::from_ne_bytes(wa) ^ u64::from_ne_bytes(wb);
-        }
-        diff.ct_eq(&0).into()
-    }
-}
-
-impl Hash for Digest {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let mut prefix = [0u8; 8];
-        prefix.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_le_bytes(prefix));
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // A digest is not the secret, but there is no reason to print it either.
-        f.write_str("Digest(..)")
-    }
-}
-
-/// Hasher for [`Digest`] keys: the digest is already uniformly distributed.
-#[derive(Default)]
-struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached if something other than `Digest` is hashed; stay correct.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
 }
 
 /// Where a key came from, for start-up logs and error messages.

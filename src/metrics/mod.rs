@@ -2,7 +2,7 @@
 //! when keys are reloaded — into a handle kept in an array, so recording a
 //! request is an index and an atomic increment, never a label lookup.
 //! `prometheus-client` owns the metric types and the text exposition format;
-//! label sets are typed ([`EncodeLabelSet`]).
+//! label sets are typed (`labels`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +10,7 @@ use std::time::Duration;
 use http::StatusCode;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
-};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -22,86 +20,15 @@ use prometheus_client::registry::Registry;
 use crate::keys::KeySet;
 use crate::keys::Outcome;
 use crate::routes::RouteIndex;
+use labels::{
+    AuthLabels, KeyLabel, KindLabel, ProtocolLabel, ResultLabel, RouteLabel, RouteStatus, STATUSES,
+    StatusLabel, VersionLabel,
+};
+
+mod labels;
 
 /// Reads the access-log writer's count of dropped lines.
 pub type DroppedSource = Arc<dyn Fn() -> u64 + Send + Sync>;
-
-/// The statuses counted in their own series (code and label); any other is `other`.
-const STATUSES: &[(u16, &str)] = &[
-    (200, "200"),
-    (204, "204"),
-    (307, "307"),
-    (400, "400"),
-    (401, "401"),
-    (403, "403"),
-    (404, "404"),
-    (405, "405"),
-    (414, "414"),
-    (429, "429"),
-    (431, "431"),
-    (502, "502"),
-    (503, "503"),
-    (504, "504"),
-];
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteStatus {
-    route: &'static str,
-    status: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabel {
-    route: &'static str,
-}
-
-/// `outcome`, and `key` (the key's label) for `ok` only.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct AuthLabels {
-    outcome: &'static str,
-    key: Option<Arc<str>>,
-}
-
-impl EncodeLabelSet for AuthLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
-        match &self.key {
-            None => [("outcome", self.outcome)].as_slice().encode(encoder),
-            Some(key) => [("outcome", self.outcome), ("key", key)]
-                .as_slice()
-                .encode(encoder),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KeyLabel {
-    key: Arc<str>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ProtocolLabel {
-    protocol: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabel {
-    result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VersionLabel {
-    version: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StatusLabel {
-    status: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabel {
-    kind: &'static str,
-}
 
 /// Why a request to the upstream failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
