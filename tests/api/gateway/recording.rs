@@ -57,14 +57,18 @@ async fn proxied_requests_are_counted_and_logged() {
     );
 }
 
-/// One access-log schema: proxied lines and tokengate's own carry the same
-/// fields, typed the same; `bytes` is a number (it was the string `"4155"` on
-/// proxied lines), absent only when a streamed body has no length.
+/// One access-log schema: proxied lines, tokengate's own and the gateway's
+/// denials carry the same fields, typed the same; `bytes` is a number (it was
+/// the string `"4155"` on proxied lines), absent only when a streamed body
+/// has no length.
 #[tokio::test]
 async fn access_log_bytes_is_a_number_on_every_line() {
-    let (_up, child, gw) = logging_gateway(&["--log-format", "json"]).await;
+    let (up, child, gw) = logging_gateway(&["--log-format", "json"]).await;
     assert_eq!(get_with_key(gw, "/orders").await.status, StatusCode::OK);
     assert_eq!(get_with_key(gw, "/healthz").await.status, StatusCode::OK);
+    let denied = crate::support::get(Proto::H1, gw, "/denied", &[]).await;
+    assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(up.seen_targets(), ["/orders"]);
     let out = crate::support::terminate(child).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<serde_json::Value> = stdout
@@ -80,7 +84,10 @@ async fn access_log_bytes_is_a_number_on_every_line() {
     };
     let proxied = fields_of("/orders");
     let own = fields_of("/healthz");
+    let denied = fields_of("/denied");
     assert!(own["bytes"].is_u64(), "{stdout}");
+    assert!(denied["bytes"].is_u64(), "{stdout}");
+    assert_eq!(denied["status"], 401, "{stdout}");
     // The recording upstream streams its body without a length.
     assert!(proxied.get("bytes").is_none_or(|b| b.is_u64()), "{stdout}");
     let names = |f: &serde_json::Map<String, serde_json::Value>| {
@@ -88,9 +95,11 @@ async fn access_log_bytes_is_a_number_on_every_line() {
         names.sort();
         names
     };
-    assert_eq!(names(&proxied), names(&own), "{stdout}");
-    for (name, value) in &proxied {
-        let same_type = std::mem::discriminant(value) == std::mem::discriminant(&own[name]);
-        assert!(same_type, "{name} is typed differently: {stdout}");
+    for other in [&proxied, &denied] {
+        assert_eq!(names(other), names(&own), "{stdout}");
+        for (name, value) in other {
+            let same_type = std::mem::discriminant(value) == std::mem::discriminant(&own[name]);
+            assert!(same_type, "{name} is typed differently: {stdout}");
+        }
     }
 }
