@@ -186,17 +186,21 @@ def nginx_binary():
 
 
 def nginx(name, template, tmp, pin=None, **values):
-    """nginx, one process, serving `template` (a %-format with `listen`: the address of a socket
-    the kit bound and nginx inherits, and `values`) from tmp/name."""
+    """nginx serving `template` (a %-format with `listen`: the address of a socket the kit bound
+    and nginx inherits, and `values`) from tmp/name. Master mode: nginx with master_process off
+    closes an inherited socket (connections reset); the template sets worker_processes 1, and
+    Proc counts the master's and the worker's CPU together."""
     sock = listener()
     host, port = sock.getsockname()[:2]
+    # Run as root, nginx's workers drop to nobody: they must read what tmp holds.
+    os.chmod(tmp, 0o755)
     prefix = os.path.join(tmp, name)
     os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
     conf = os.path.join(tmp, f"{name}.conf")
     with open(conf, "w") as f:
         f.write(template % dict(values, listen=f"{host}:{port}"))
     cmd = [nginx_binary(), "-p", prefix, "-c", conf, "-g",
-           f"daemon off; master_process off; pid {prefix}/nginx.pid; error_log stderr error;"]
+           f"daemon off; pid {prefix}/nginx.pid; error_log stderr error;"]
     proc = Proc(name, cmd, pin=pin, env=dict(os.environ, NGINX=f"{sock.fileno()};"), inherit=[sock])
     sock.close()
     return proc
