@@ -85,11 +85,14 @@ class Proc:
     Either way start-up waits for that event, bounded by `timeout` seconds.
     """
 
-    def __init__(self, name, cmd, *, pin=None, env=None, inherit=(), timeout=60, announces=None):
+    def __init__(self, name, cmd, *, pin=None, env=None, inherit=(), timeout=60, announces=None,
+                 nofile=None):
         self.name = name
         self.addrs = []
         self._announced = threading.Event()
         cmd = [a.replace("{addr}", LOOPBACK_ANY) for a in cmd]
+        if nofile:
+            cmd = ["sh", "-c", f'ulimit -n {nofile} && exec "$@"', "sh"] + cmd
         if pin:
             cmd = ["taskset", "-c", pin] + cmd
         self.log = tempfile.NamedTemporaryFile(prefix=f"tokengate-kit-{name}-", suffix=".log")
@@ -123,6 +126,10 @@ class Proc:
     @property
     def addr(self):
         return self.addrs[0]
+
+    @property
+    def port(self):
+        return int(self.addr.rsplit(":", 1)[1])
 
     def output(self):
         with open(self.log.name, "rb") as f:
