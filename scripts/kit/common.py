@@ -184,35 +184,6 @@ class Proc:
         return self.proc.returncode
 
 
-def nginx_binary():
-    import shutil
-    path = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not os.path.exists(path):
-        sys.exit("nginx is not installed (apt-get install nginx-light)")
-    return path
-
-
-def nginx(name, template, tmp, pin=None, **values):
-    """nginx serving `template` (a %-format with `listen`: the address of a socket the kit bound
-    and nginx inherits, and `values`) from tmp/name. Master mode: nginx with master_process off
-    closes an inherited socket (connections reset); the template sets worker_processes 1, and
-    Proc counts the master's and the worker's CPU together."""
-    sock = listener()
-    host, port = sock.getsockname()[:2]
-    # Run as root, nginx's workers drop to nobody: they must read what tmp holds.
-    os.chmod(tmp, 0o755)
-    prefix = os.path.join(tmp, name)
-    os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
-    conf = os.path.join(tmp, f"{name}.conf")
-    with open(conf, "w") as f:
-        f.write(template % dict(values, listen=f"{host}:{port}"))
-    cmd = [nginx_binary(), "-p", prefix, "-c", conf, "-g",
-           f"daemon off; pid {prefix}/nginx.pid; error_log stderr error;"]
-    proc = Proc(name, cmd, pin=pin, env=dict(os.environ, NGINX=f"{sock.fileno()};"), inherit=[sock])
-    sock.close()
-    return proc
-
-
 def pins(no_pin=False):
     """(server cores, load-generator cores) for taskset on a machine of 2 to 8 cores, else
     (None, None): servers on core 0, the load generator on the others."""
