@@ -81,7 +81,7 @@ class Proc:
     * `{addr}` in `cmd` becomes 127.0.0.1:0; the server binds it and prints `listening on
       http://ADDR` (tokengate, benches/peers), which is read from its output (`addrs` holds
       every address it announced, in order);
-    * `inherit`: listening sockets from `listener()`, passed to the child (`addr` is the first's).
+    * `inherit`: listening sockets from `listener()`, passed to the child (`addrs`: theirs).
     Either way start-up waits for that event, bounded by `timeout` seconds.
     """
 
@@ -103,9 +103,8 @@ class Proc:
         self._reader.start()
         if announces is None:
             announces = not inherit
-        if inherit:
-            host, port = inherit[0].getsockname()[:2]
-            self.addrs.append(f"{host}:{port}")
+        for sock in inherit:
+            self.addrs.append("%s:%d" % sock.getsockname()[:2])
         if announces and not self._announced.wait(timeout):
             self.stop()
             raise RuntimeError(f"{name} announced no address within {timeout} s:\n{self.output()[-2000:]}")

@@ -39,22 +39,31 @@ def binary():
 
 
 def start(name, template, tmp, pin=None, wrap=(), **values):
-    """nginx serving `template` (a %-format with `listen`: the address of a socket the kit bound
-    and nginx inherits, and `values`) from tmp/name. Master mode: nginx with master_process off
+    """nginx serving `template` (a %-format with `listen` (and `listen2`): the address of a socket
+    the kit bound and nginx inherits, and `values`) from tmp/name. Master mode: nginx with master_process off
     closes an inherited socket (connections reset); the template sets worker_processes 1, and
     Proc counts the master's and the worker's CPU together. `wrap`: a command nginx runs under
     (valgrind)."""
-    sock = common.listener()
-    host, port = sock.getsockname()[:2]
+    # One socket per listen directive the template has: `listen`, and `listen2` if it uses it.
+    names = ["listen"] + (["listen2"] if "%(listen2)s" in template else [])
+    socks = [common.listener() for _ in names]
+    addrs = {n: "%s:%d" % s.getsockname()[:2] for n, s in zip(names, socks)}
     # Run as root, nginx's workers drop to nobody: they must read what tmp holds.
     os.chmod(tmp, 0o755)
     prefix = os.path.join(tmp, name)
     os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
     conf = os.path.join(tmp, f"{name}.conf")
     with open(conf, "w") as f:
-        f.write(template % dict(values, listen=f"{host}:{port}"))
+        f.write(template % dict(values, **addrs))
     cmd = list(wrap) + [binary(), "-p", prefix, "-c", conf, "-g",
            f"daemon off; pid {prefix}/nginx.pid; error_log stderr error;"]
-    proc = common.Proc(name, cmd, pin=pin, env=dict(os.environ, NGINX=f"{sock.fileno()};"), inherit=[sock])
-    sock.close()
+    inherited = "".join(f"{s.fileno()};" for s in socks)
+    proc = common.Proc(name, cmd, pin=pin, env=dict(os.environ, NGINX=inherited), inherit=socks)
+    for s in socks:
+        s.close()
     return proc
+
+
+def worker(proc):
+    """The PID of nginx's worker (what strace and perf attach to), or of nginx if it has none."""
+    return (common.children(proc.proc.pid) or [proc.proc.pid])[0]
