@@ -105,7 +105,7 @@ class Proc:
     """
 
     def __init__(self, name, cmd, *, pin=None, env=None, inherit=(), timeout=60, announces=None,
-                 nofile=None):
+                 nofile=None, log_path=None):
         self.name = name
         self.addrs = []
         self._announced = threading.Event()
@@ -114,7 +114,9 @@ class Proc:
             cmd = ["sh", "-c", f'ulimit -n {nofile} && exec "$@"', "sh"] + cmd
         if pin:
             cmd = ["taskset", "-c", pin] + cmd
-        self.log = tempfile.NamedTemporaryFile(prefix=f"tokengate-kit-{name}-", suffix=".log")
+        # Its output: kept in `log_path`, or in a temporary file.
+        self.log = (open(log_path, "w+b") if log_path else
+                    tempfile.NamedTemporaryFile(prefix=f"tokengate-kit-{name}-", suffix=".log"))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env,
                                      pass_fds=[s.fileno() for s in inherit])
@@ -200,6 +202,11 @@ class Proc:
             self.proc.wait()
         self._reader.join(timeout=5)
         return self.proc.returncode
+
+    def announced(self, pattern):
+        """The first match of `pattern` (bytes, one group) in what the process printed so far."""
+        m = re.search(pattern, self.output().encode())
+        return m.group(1).decode() if m else None
 
 
 def pins(no_pin=False):
