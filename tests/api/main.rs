@@ -23,4 +23,5 @@ mod raw;
 mod ready;
 mod secrets;
 mod throttle;
+mod timing;
 mod tls;

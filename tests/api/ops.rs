@@ -33,40 +33,6 @@ async fn health_and_readiness() {
 }
 
 #[tokio::test]
-async fn readiness_turns_503_during_the_shutdown_delay() {
-    let mut server = Spawned::start(&["--shutdown-delay", "60s"], &[]).await;
-    assert_eq!(
-        statuses(&raw(server.addr, &request("GET", "/readyz", None, "")).await),
-        [200]
-    );
-    server.signal("-TERM");
-    let addr = server.addr;
-    let draining = std::sync::Mutex::new(String::new());
-    let turned = wait_until(Duration::from_secs(10), || async {
-        let got = raw(addr, &request("GET", "/readyz", None, "")).await;
-        let done = statuses(&got) == [503];
-        *draining.lock().unwrap() = got;
-        done
-    })
-    .await;
-    let draining = draining.into_inner().unwrap();
-    assert!(turned, "{draining}");
-    assert!(draining.ends_with(r#"{"status":"draining"}"#), "{draining}");
-    // Still accepting and serving during the delay.
-    assert_eq!(
-        statuses(&raw(server.addr, &request("GET", "/public", None, "")).await),
-        [200]
-    );
-    assert_eq!(
-        statuses(&raw(server.addr, &request("GET", "/healthz", None, "")).await),
-        [200]
-    );
-    // A second signal ends the delay.
-    server.signal("-TERM");
-    server.wait().await;
-}
-
-#[tokio::test]
 async fn metrics_are_protected_and_count_requests() {
     let server = TestServer::start().await;
     for _ in 0..3 {

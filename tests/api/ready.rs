@@ -71,32 +71,6 @@ async fn key_file_changed_at_once_is_honoured() {
     assert_eq!(status_with(addr, "old-key-0000000001").await, 401);
 }
 
-/// A second SIGTERM during the shutdown delay ends the process at once.
-#[tokio::test]
-async fn second_signal_during_the_delay_exits_at_once() {
-    let mut server = Spawned::start(&["--shutdown-delay", "120s"], &[]).await;
-    // An open keep-alive connection that has completed a request.
-    let mut open = TcpStream::connect(server.addr).await.unwrap();
-    open.write_all(b"GET /public HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = tokio::io::AsyncReadExt::read(&mut open, &mut buf)
-        .await
-        .unwrap();
-    assert!(n > 0);
-
-    server.signal("-TERM");
-    server.wait_for_log("shutdown delay").await;
-    server.signal("-TERM");
-    // `wait` allows 30 s, far less than the 120 s delay.
-    let status = server.wait().await;
-    assert!(!status.success(), "{status:?}: {}", server.log());
-    let log = server.log_after_exit().await;
-    assert!(log.contains("second stop signal"), "{log}");
-    assert!(log.contains("dropped_connections=1"), "{log}");
-}
-
 /// A second SIGINT during the drain ends it at once, naming what it dropped.
 #[tokio::test]
 async fn second_signal_during_the_drain_exits_at_once() {

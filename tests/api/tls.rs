@@ -12,18 +12,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokengate::tls::{Tls, TlsFiles};
 use tokengate::{App, AppConfig, Limits};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
-use crate::support::{KEY, Spawned, TempDir, closed_within, keys};
+use crate::support::{KEY, Spawned, TempDir, keys};
 
-struct Cert {
-    der: CertificateDer<'static>,
-    files: TlsFiles,
+pub(crate) struct Cert {
+    pub(crate) der: CertificateDer<'static>,
+    pub(crate) files: TlsFiles,
 }
 
-fn make_cert(dir: &std::path::Path, name: &str) -> Cert {
+pub(crate) fn make_cert(dir: &std::path::Path, name: &str) -> Cert {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert = dir.join(format!("{name}.crt"));
     let key = dir.join(format!("{name}.key"));
@@ -35,7 +34,7 @@ fn make_cert(dir: &std::path::Path, name: &str) -> Cert {
     }
 }
 
-fn connector(roots: &[&CertificateDer<'static>], alpn: &[&[u8]]) -> TlsConnector {
+pub(crate) fn connector(roots: &[&CertificateDer<'static>], alpn: &[&[u8]]) -> TlsConnector {
     let mut store = rustls::RootCertStore::empty();
     for c in roots {
         store.add((*c).clone()).unwrap();
@@ -50,14 +49,14 @@ fn connector(roots: &[&CertificateDer<'static>], alpn: &[&[u8]]) -> TlsConnector
     TlsConnector::from(Arc::new(config))
 }
 
-struct Answer {
-    alpn: Option<Vec<u8>>,
-    leaf: Vec<u8>,
-    status: u16,
-    body: Bytes,
+pub(crate) struct Answer {
+    pub(crate) alpn: Option<Vec<u8>>,
+    pub(crate) leaf: Vec<u8>,
+    pub(crate) status: u16,
+    pub(crate) body: Bytes,
 }
 
-async fn https_get(
+pub(crate) async fn https_get(
     addr: SocketAddr,
     connector: &TlsConnector,
     path: &str,
@@ -98,7 +97,10 @@ async fn https_get(
     }
 }
 
-async fn in_process(cert: &Cert, limits: Limits) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+pub(crate) async fn in_process(
+    cert: &Cert,
+    limits: Limits,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = Arc::new(App::new(keys(&[KEY]), &AppConfig::default()));
@@ -132,37 +134,6 @@ async fn https_serves_h1_and_h2_by_alpn() {
         assert_eq!(denied.status, 401);
         assert_eq!(https_get(addr, &c, "/public", None).await.status, 200);
     }
-}
-
-#[tokio::test]
-async fn tls_handshake_is_bounded_and_plaintext_is_refused() {
-    let dir = TempDir::new("tls-bounded");
-    let cert = make_cert(&dir, "a");
-    let limits = Limits {
-        header_read_timeout: Duration::from_secs(1),
-        ..Limits::default()
-    };
-    let (addr, _stop) = in_process(&cert, limits).await;
-    // Silent: closed by the handshake timeout.
-    let mut silent = TcpStream::connect(addr).await.unwrap();
-    assert!(
-        closed_within(&mut silent, Duration::from_secs(15))
-            .await
-            .is_some()
-    );
-    // Plain HTTP on the TLS port: no HTTP answer, the connection closes.
-    let mut plain = TcpStream::connect(addr).await.unwrap();
-    plain
-        .write_all(b"GET /public HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let got = closed_within(&mut plain, Duration::from_secs(15))
-        .await
-        .expect("closed");
-    assert!(!got.contains("HTTP/1.1"), "{got}");
-    // Still serving.
-    let c = connector(&[&cert.der], &[b"h2"]);
-    assert_eq!(https_get(addr, &c, "/public", None).await.status, 200);
 }
 
 #[tokio::test]
@@ -243,56 +214,4 @@ async fn bad_tls_configuration_exits_2() {
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains(needle), "{needle}: {err}");
     }
-}
-
-/// `--header-read-timeout` runs from accept, the TLS handshake included: a
-/// client that spends most of the limit before its handshake and then drips
-/// its head is closed within the documented precision (1.25×) of accept,
-/// not a whole limit after its handshake.
-#[tokio::test]
-async fn tls_handshake_counts_against_the_head_timeout() {
-    const LIMIT: Duration = Duration::from_secs(2);
-    let dir = TempDir::new("tls-clock");
-    let cert = make_cert(&dir.0, "a");
-    let limits = Limits {
-        header_read_timeout: LIMIT,
-        ..Limits::default()
-    };
-    let (addr, _stop) = in_process(&cert, limits).await;
-    let connected = std::time::Instant::now();
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    // The hostile client: silent for most of the limit, then a handshake…
-    tokio::time::sleep(LIMIT * 3 / 4).await;
-    let c = connector(&[&cert.der], &[b"http/1.1"]);
-    let Ok(mut tls) = c
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-    else {
-        // Closed during the handshake: the clock ran from accept.
-        let elapsed = connected.elapsed();
-        assert!(elapsed >= LIMIT * 3 / 4, "{elapsed:?}");
-        return;
-    };
-    // …then a head dripped a byte at a time, never completed.
-    let closed = tokio::time::timeout(LIMIT * 5, async {
-        tls.write_all(b"GET /public HTTP/1.1\r\n").await.ok()?;
-        loop {
-            tls.write_all(b"X").await.ok()?;
-            tls.flush().await.ok()?;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        #[allow(unreachable_code)]
-        Some(())
-    })
-    .await;
-    let elapsed = connected.elapsed();
-    assert!(closed.is_ok(), "never closed");
-    // From accept: at the limit at the earliest, 1.25× it at the latest, plus
-    // 0.5 s for a busy machine. Timed from the handshake it would be
-    // 0.75 + 1 to 1.25 limits: at least 3.5 s.
-    assert!(elapsed >= LIMIT, "closed too early: {elapsed:?}");
-    assert!(
-        elapsed < LIMIT * 5 / 4 + Duration::from_millis(500),
-        "closed {elapsed:?} after connect: the handshake restarted the head clock"
-    );
 }

@@ -8,8 +8,8 @@
 
 mod hygiene;
 mod recording;
-mod streaming;
-mod upstream;
+pub(crate) mod streaming;
+pub(crate) mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -264,7 +264,7 @@ impl Upstream_ {
 }
 
 /// `GET path` over HTTP/1.1 with the full-access key.
-async fn get_with_key(addr: SocketAddr, path: &str) -> Resp {
+pub(crate) async fn get_with_key(addr: SocketAddr, path: &str) -> Resp {
     send(
         Proto::H1,
         addr,
@@ -287,7 +287,7 @@ pub(crate) fn gateway_config(upstream: SocketAddr, timeout: Duration) -> AppConf
 }
 
 /// tokengate in gateway mode in front of `upstream`.
-async fn gateway_at(upstream: SocketAddr, timeout: Duration) -> TestServer {
+pub(crate) async fn gateway_at(upstream: SocketAddr, timeout: Duration) -> TestServer {
     TestServer::with(
         keys_from(KEYS),
         gateway_config(upstream, timeout),
@@ -296,7 +296,7 @@ async fn gateway_at(upstream: SocketAddr, timeout: Duration) -> TestServer {
     .await
 }
 
-async fn gateway(timeout: Duration) -> (TestServer, Upstream_) {
+pub(crate) async fn gateway(timeout: Duration) -> (TestServer, Upstream_) {
     let up = Upstream_::default();
     let addr = up.start().await;
     (gateway_at(addr, timeout).await, up)
