@@ -14,14 +14,20 @@ def parse_duration_us(s):
     return v * {"us": 1, "ms": 1e3, "s": 1e6, "m": 60e6}[unit]
 
 
-def run_wrk(args, server, path, headers, gen_pin):
-    cmd = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration}s", "--latency"]
+def generate(args, cmd, server, path, headers, gen_pin):
+    """Runs a load generator's `cmd` against server's `path` with `headers` (pinned to gen_pin's
+    cores); its standard output."""
     for k, v in headers.items():
-        cmd += ["-H", f"{k}: {v}"]
-    cmd.append(f"http://{server.addr}{path}")
+        cmd = cmd + ["-H", f"{k}: {v}"]
+    cmd = cmd + [f"http://{server.addr}{path}"]
     if gen_pin:
         cmd = ["taskset", "-c", gen_pin] + cmd
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 60).stdout
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 60).stdout
+
+
+def run_wrk(args, server, path, headers, gen_pin):
+    cmd = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration}s", "--latency"]
+    out = generate(args, cmd, server, path, headers, gen_pin)
     res = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
     total = re.search(r"(\d+) requests in", out)
     res["requests"] = int(total.group(1)) if total else 0
@@ -39,12 +45,7 @@ def run_h2load(args, server, path, headers, gen_pin):
     with tempfile.NamedTemporaryFile(suffix=".log") as lf:
         cmd = ["h2load", "-D", str(args.duration), "-c", str(args.connections), "-m", str(args.streams),
                "-t", str(args.threads), "--log-file", lf.name]
-        for k, v in headers.items():
-            cmd += ["-H", f"{k}: {v}"]
-        cmd.append(f"http://{server.addr}{path}")
-        if gen_pin:
-            cmd = ["taskset", "-c", gen_pin] + cmd
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 60).stdout
+        out = generate(args, cmd, server, path, headers, gen_pin)
         lat, statuses = [], {}
         with open(lf.name) as f:
             for line in f:
@@ -66,12 +67,7 @@ def run_h2load(args, server, path, headers, gen_pin):
 
 def run_oha(args, server, path, headers, gen_pin):
     cmd = ["oha", "-z", f"{args.duration}s", "-c", str(args.connections), "--no-tui", "--output-format", "json"]
-    for k, v in headers.items():
-        cmd += ["-H", f"{k}: {v}"]
-    cmd.append(f"http://{server.addr}{path}")
-    if gen_pin:
-        cmd = ["taskset", "-c", gen_pin] + cmd
-    out = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 60).stdout)
+    out = json.loads(generate(args, cmd, server, path, headers, gen_pin))
     summary = out["summary"]
     pct = out.get("latencyPercentiles", {})
     codes = out.get("statusCodeDistribution", {})

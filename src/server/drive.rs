@@ -39,35 +39,27 @@ macro_rules! http1_shutdown {
 
 http1_shutdown!(Connection, UpgradeableConnection);
 
-impl<'a, I, S, E, B> Shutdown for auto::Connection<'a, I, S, E>
-where
-    auto::Connection<'a, I, S, E>: Future,
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: http_body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: auto::HttpServerConnExec<S::Future, B>,
-{
-    fn shutdown(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
+/// hyper-util's auto connections, with and without upgrades.
+macro_rules! auto_shutdown {
+    ($($conn:ident),*) => {$(
+        impl<'a, I, S, E, B> Shutdown for auto::$conn<'a, I, S, E>
+        where
+            auto::$conn<'a, I, S, E>: Future,
+            S: hyper::service::HttpService<Incoming, ResBody = B>,
+            S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+            I: hyper::rt::Read + hyper::rt::Write + Unpin,
+            B: http_body::Body + 'static,
+            B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+            E: auto::HttpServerConnExec<S::Future, B>,
+        {
+            fn shutdown(self: Pin<&mut Self>) {
+                self.graceful_shutdown();
+            }
+        }
+    )*};
 }
 
-impl<'a, I, S, E, B> Shutdown for auto::UpgradeableConnection<'a, I, S, E>
-where
-    auto::UpgradeableConnection<'a, I, S, E>: Future,
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: http_body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: auto::HttpServerConnExec<S::Future, B>,
-{
-    fn shutdown(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
+auto_shutdown!(Connection, UpgradeableConnection);
 
 /// Drives a connection under the watchdog's commands; `None` if aborted.
 /// With `inline_streams`, an HTTP/2 connection runs its streams itself.
