@@ -90,8 +90,9 @@ impl GatewayService {
             .decide(req.headers(), client, req.method(), &path, metrics);
         match app.denial(&decided.outcome, head, &app.responses.too_many_requests) {
             Some(response) => {
+                // A denial names no valid key.
                 app.record(app.other, &response, start.elapsed(), || {
-                    Some(line(Key::from(Some(decided.outcome))))
+                    Some(line(Key::None))
                 });
                 Step::Respond(response)
             }
