@@ -5,10 +5,9 @@
 //! hyper-util's legacy client gives every upstream connection a task of its
 //! own, hands each request to it over a channel, and spawns one more task
 //! per response to put the connection back once its body is read: three
-//! task wake-ups and a spawn per request between tasks that share one CPU,
-//! ~12,000 instructions per proxied request over hyper's own connection
-//! (`scripts/instructions --gateway`: the bare proxy against
-//! `benches/peers/proxy-inline`). Here a request takes an idle connection
+//! task wake-ups and a spawn per request between tasks that share one CPU
+//! (`scripts/instructions --gateway` measures the bare proxy against
+//! `benches/peers/proxy-inline`: see benches/README.md). Here a request takes an idle connection
 //! from the pool (or dials one), polls the connection itself while it waits
 //! for the response head, hands it to the response body, which polls it
 //! while the body streams, and the connection goes back to the pool when the
@@ -204,7 +203,7 @@ impl Pool {
         // notice a close. The waker does nothing, and is left registered
         // with the socket instead of the task that used the connection last:
         // without this poll, that task was woken once more per request
-        // (~1,300 instructions of spurious polls per proxied request).
+        // (a spurious poll per proxied request).
         let mut cx = Context::from_waker(Waker::noop());
         if !conn.drive(&mut cx) || !conn.sender.is_ready() {
             return;

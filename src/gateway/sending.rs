@@ -71,8 +71,8 @@ pin_project_lite::pin_project! {
     /// the timeout). A named future rather than an `async fn`: an async
     /// function keeps its arguments for its whole life beside what it
     /// awaits, so the request was held twice over in the future hyper
-    /// moves around (1,200 bytes; this one holds the client's boxed future,
-    /// the timer and a few words).
+    /// moves around; this one holds the client's future, the timer and a
+    /// few words.
     pub(crate) struct Sending {
         #[pin]
         pub(super) response: tokio::time::Timeout<Call>,
