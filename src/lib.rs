@@ -44,6 +44,7 @@ mod guard;
 mod head;
 pub mod keys;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod openapi;
 mod path;

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::{Digest, InsertError, Key, KeySet, KeySource, Scope, ScopeProblem};
+use crate::limits::{self, LimitProblem, Limits, Quota, Rate};
 
 /// The token used when no key source is configured.
 pub(crate) const DEMO_TOKEN: &str = "mysecrettoken";
@@ -85,8 +86,19 @@ pub enum LineProblem {
     /// An `expires=` value is malformed.
     #[error("expires: {0}")]
     BadExpiry(String),
-    /// An attribute other than `scope=` and `expires=`.
-    #[error("unknown attribute {0:?} (known: scope=, expires=)")]
+    /// A `rate=`, `burst=` or `quota=` value is malformed.
+    #[error("{0}={1:?}: {2}")]
+    BadLimit(&'static str, String, LimitProblem),
+    /// An `owner=` value is not a label.
+    #[error("owner={0:?}: an owner is one word of letters, digits and . _ : @ / - (at most 64)")]
+    BadOwner(String),
+    /// A key of the same owner declares other limits.
+    #[error(
+        "owner {0:?} declares other limits on {1}: all keys of one owner declare the same rate=, burst= and quota="
+    )]
+    OwnerLimitsDiffer(String, String),
+    /// An attribute other than those known.
+    #[error("unknown attribute {0:?} (known: scope=, expires=, rate=, burst=, quota=, owner=)")]
     UnknownAttribute(String),
     /// A token shorter than [`MIN_TOKEN_LEN`]: guessable, and most often a
     /// label typed alone on its line (`reports`), which would be read as a
@@ -129,6 +141,16 @@ fn valid_label(label: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._:@/-".contains(&b))
 }
 
+/// The attribute's name as the error keeps it.
+fn limit_name(name: &str) -> &'static str {
+    match name {
+        "rate" => "rate",
+        "burst" => "burst",
+        "quota" => "quota",
+        _ => "owner",
+    }
+}
+
 fn describe(source: &KeySource) -> String {
     match source {
         KeySource::Demo => "the demo key".to_owned(),
@@ -158,9 +180,18 @@ pub fn parse_key_file(text: &str, path: &str, keys: &mut KeySet) -> Result<(), K
         let mut label = None;
         let mut scopes = Vec::new();
         let mut expires = None;
+        let mut attributes = false;
+        let mut rate = None;
+        let mut burst = None;
+        let mut quota = None;
+        let mut owner: Option<std::sync::Arc<str>> = None;
+        let limit = |name: &'static str, value: &str, problem| {
+            err(LineProblem::BadLimit(name, value.to_owned(), problem))
+        };
         for word in words {
+            attributes |= word.contains('=');
             match word.split_once('=') {
-                None if label.is_none() && scopes.is_empty() && expires.is_none() => {
+                None if label.is_none() && !attributes => {
                     if !valid_label(word) {
                         return Err(err(LineProblem::BadLabel));
                     }
@@ -182,11 +213,52 @@ pub fn parse_key_file(text: &str, path: &str, keys: &mut KeySet) -> Result<(), K
                     })?;
                     expires = Some(at);
                 }
+                Some((name @ ("rate" | "burst" | "quota" | "owner"), value))
+                    if match name {
+                        "rate" => rate.is_some(),
+                        "burst" => burst.is_some(),
+                        "quota" => quota.is_some(),
+                        _ => owner.is_some(),
+                    } =>
+                {
+                    return Err(err(LineProblem::BadLimit(
+                        limit_name(name),
+                        value.to_owned(),
+                        LimitProblem::Twice,
+                    )));
+                }
+                Some(("rate", value)) => {
+                    rate = Some(limits::parse_rate(value).map_err(|p| limit("rate", value, p))?);
+                }
+                Some(("burst", value)) => {
+                    burst = Some(limits::parse_burst(value).map_err(|p| limit("burst", value, p))?);
+                }
+                Some(("quota", value)) => {
+                    quota = Some(limits::parse_quota(value).map_err(|p| limit("quota", value, p))?);
+                }
+                Some(("owner", value)) => {
+                    if !valid_label(value) {
+                        return Err(err(LineProblem::BadOwner(value.to_owned())));
+                    }
+                    owner = Some(value.into());
+                }
                 Some((name, _)) => {
                     return Err(err(LineProblem::UnknownAttribute(name.to_owned())));
                 }
             }
         }
+        if burst.is_some() && rate.is_none() {
+            let value = burst.map(|b: u32| b.to_string()).unwrap_or_default();
+            return Err(limit("burst", &value, LimitProblem::BurstWithoutRate));
+        }
+        let key_limits = Limits {
+            rate: rate.map(|(count, window)| Rate {
+                count,
+                window,
+                burst: burst.unwrap_or(count),
+            }),
+            quota: quota.map(|(count, period)| Quota { count, period }),
+        };
         let label = label.unwrap_or_else(|| format!("key-{}", keys.len() + 1));
         let digest = match secret.strip_prefix("sha256:") {
             Some(hex_digits) => {
@@ -207,15 +279,22 @@ pub fn parse_key_file(text: &str, path: &str, keys: &mut KeySet) -> Result<(), K
             path: path.to_owned(),
             line,
         };
-        let mut key = Key::new(digest, label, source).with_scopes(scopes);
+        let mut key = Key::new(digest, label, source)
+            .with_scopes(scopes)
+            .with_limits(owner, key_limits);
         if let Some(at) = expires {
             key = key.with_expiry(at);
         }
+        let owner_name = key.owner().clone();
         keys.insert(key).map_err(|e| match e {
             InsertError::DuplicateKey(other) => err(LineProblem::DuplicateKey(describe(&other))),
             InsertError::DuplicateLabel(other) => {
                 err(LineProblem::DuplicateLabel(describe(&other)))
             }
+            InsertError::OwnerLimitsDiffer(other) => err(LineProblem::OwnerLimitsDiffer(
+                owner_name.to_string(),
+                describe(&other),
+            )),
         })?;
     }
     if keys.len() == before {
@@ -350,6 +429,68 @@ mod tests {
     }
 
     #[test]
+    fn limits_and_owners() {
+        let keys = parse(
+            "orders-key-000001 orders rate=100/s burst=20 quota=10000/day\n\
+             orders-key-000002 orders-new owner=orders rate=100/s burst=20 quota=10000/day\n\
+             reports-key-00001 reports quota=5/month\n\
+             plain-key-0000001 plain\n",
+        )
+        .unwrap();
+        let [old, new, reports, plain] = keys.keys() else {
+            panic!("four keys")
+        };
+        let orders = Limits {
+            rate: Some(Rate {
+                count: 100,
+                window: 1,
+                burst: 20,
+            }),
+            quota: Some(Quota {
+                count: 10_000,
+                period: limits::period::Period::Day,
+            }),
+        };
+        assert_eq!(*old.limits(), orders);
+        // A rotated key (a new line, the same owner) shares the counters.
+        assert_eq!(&**old.owner(), "orders");
+        assert_eq!(&**new.owner(), "orders");
+        assert_eq!(
+            reports.limits().quota.map(|q| q.count),
+            Some(5),
+            "quota alone"
+        );
+        assert!(reports.limits().rate.is_none());
+        // Without burst=, the burst is the rate's count.
+        let keys = parse("burst-default-key rate=7/m\n").unwrap();
+        assert_eq!(
+            keys.keys()[0].limits().rate.map(|r| (r.window, r.burst)),
+            Some((60, 7))
+        );
+        assert!(!plain.limits().is_limited());
+    }
+
+    #[test]
+    fn one_owner_declares_one_set_of_limits() {
+        let e = parse(
+            "first-key-0000001 a owner=team rate=10/s\n\
+             second-key-000001 b owner=team rate=20/s\n",
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, KeyError::FileLine { line: 2, .. }), "{msg}");
+        assert!(
+            msg.contains("owner \"team\"") && msg.contains("line 1"),
+            "{msg}"
+        );
+        assert!(!msg.contains("-key-"), "{msg}");
+        // A label is its key's owner when it names none.
+        assert!(
+            parse("first-key-0000001 team rate=10/s\nsecond-key-000001 b owner=team\n").is_err()
+        );
+    }
+
+    #[test]
     fn malformed_attributes_name_the_problem_never_the_secret() {
         for (text, needle) in [
             ("s3cret-token a scope=GET/x\n", "METHODS:PATTERN"),
@@ -365,6 +506,22 @@ mod tests {
                 "unknown attribute \"colour\"",
             ),
             ("s3cret-token scope=GET:/x label-after\n", "label"),
+            (
+                "s3cret-token-long a rate=100\n",
+                "rate=\"100\": a rate is N/s",
+            ),
+            ("s3cret-token-long a rate=0/s\n", "rate=\"0/s\""),
+            (
+                "s3cret-token-long a quota=10/week\n",
+                "quota=\"10/week\": a quota is",
+            ),
+            ("s3cret-token-long a burst=5\n", "burst= needs rate="),
+            ("s3cret-token-long a rate=1/s burst=0\n", "burst=\"0\""),
+            (
+                "s3cret-token-long a rate=1/s rate=2/s\n",
+                "rate=\"2/s\": given twice",
+            ),
+            ("s3cret-token-long a owner=b/c!\n", "owner=\"b/c!\""),
         ] {
             let msg = problem(text);
             assert!(msg.contains(needle), "{text:?}: {msg}");

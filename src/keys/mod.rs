@@ -32,6 +32,8 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
+use crate::limits::Limits;
+
 mod digest;
 pub(crate) mod file;
 pub(crate) mod scope;
@@ -39,6 +41,7 @@ pub(crate) mod scope;
 pub use digest::Digest;
 use digest::DigestHasher;
 
+pub use crate::limits::LimitProblem;
 pub use file::{
     KeyError, KeySources, LineProblem, MIN_TOKEN_LEN, TOKEN_ENV, TokenProblem, hash_token_line,
     parse_key_file,
@@ -91,6 +94,11 @@ pub struct Key {
     source: KeySource,
     scopes: Box<[Scope]>,
     expires: Option<SystemTime>,
+    /// `owner=`: keys of one owner share their limits' counters (`None`: the
+    /// key is its own owner, by label).
+    owner: Option<Arc<str>>,
+    /// `rate=`, `burst=`, `quota=`.
+    limits: Limits,
     /// The headers of a forward-auth "allow" naming this key, built on first
     /// use (`crate::forward_auth`): a request then clones a map instead of
     /// hashing three header names.
@@ -110,8 +118,28 @@ impl Key {
             source,
             scopes: Box::default(),
             expires: None,
+            owner: None,
+            limits: Limits::default(),
             allow_headers: OnceLock::new(),
         }
+    }
+
+    /// Limits the key's requests; keys of one `owner` (default: the key's
+    /// label) share the counters.
+    pub(crate) fn with_limits(mut self, owner: Option<Arc<str>>, limits: Limits) -> Self {
+        self.owner = owner;
+        self.limits = limits;
+        self
+    }
+
+    /// Whose counters the key's requests count against.
+    pub(crate) fn owner(&self) -> &Arc<str> {
+        self.owner.as_ref().unwrap_or(&self.label)
+    }
+
+    /// The key's rate and quota.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The key's forward-auth "allow" headers, built by `build` the first time.
@@ -183,6 +211,8 @@ impl fmt::Debug for Key {
             .field("digest", &"<redacted>")
             .field("scopes", &self.scopes.len())
             .field("expires", &self.expires)
+            .field("owner", self.owner())
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -217,6 +247,8 @@ pub enum InsertError {
     DuplicateKey(KeySource),
     /// The label is already used; holds the earlier key's source.
     DuplicateLabel(KeySource),
+    /// A key of the same owner declares other limits; holds its source.
+    OwnerLimitsDiffer(KeySource),
 }
 
 impl KeySet {
@@ -246,6 +278,13 @@ impl KeySet {
         }
         if let Some(other) = self.keys.iter().find(|k| k.label == key.label) {
             return Err(InsertError::DuplicateLabel(other.source.clone()));
+        }
+        if let Some(other) = self
+            .keys
+            .iter()
+            .find(|k| k.owner() == key.owner() && k.limits != key.limits)
+        {
+            return Err(InsertError::OwnerLimitsDiffer(other.source.clone()));
         }
         let id = KeyId(self.keys.len());
         self.by_digest.insert(key.digest, id);
