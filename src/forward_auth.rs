@@ -28,7 +28,7 @@ use http::header::{CACHE_CONTROL, CONTENT_LENGTH};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::keys::Key;
-use crate::responses::{self, Body, Prebuilt};
+use crate::responses::{self, Body, Prebuilt, Refusals};
 use crate::routes::normalize;
 
 /// The request a proxy asks about.
@@ -220,9 +220,10 @@ pub(crate) struct Answers {
     /// The headers of a 200: `cache-control` and Envoy's removal list; the
     /// key's label is added once per key ([`Answers::allow`]).
     allow: HeaderMap,
-    /// Throttled: 403 (or 429 with `--forward-auth-throttle-status 429`)
-    /// with `x-tokengate-reason: throttled`; `retry-after` added per request.
-    pub throttled: Prebuilt,
+    /// Over a limit: 403 (or 429 with `--forward-auth-throttle-status 429`)
+    /// with `x-tokengate-reason: throttled`, `rate-limited` or
+    /// `quota-exhausted`; `retry-after` added per request.
+    pub refusals: Refusals,
     /// The original request cannot be known (contradicting headers).
     pub unknowable: Prebuilt,
 }
@@ -232,16 +233,23 @@ impl Answers {
     pub(crate) fn new(token_header: &HeaderName, throttle_status: StatusCode) -> Self {
         let remove = HeaderValue::try_from(format!("{}, authorization", token_header.as_str()))
             .expect("a header name and a comma are a valid header value");
-        let throttled = if throttle_status == StatusCode::TOO_MANY_REQUESTS {
-            responses::detail(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
-        } else {
-            responses::detail(StatusCode::FORBIDDEN, "Forbidden")
+        let refused = |reason| {
+            let answer = if throttle_status == StatusCode::TOO_MANY_REQUESTS {
+                responses::detail(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
+            } else {
+                responses::detail(StatusCode::FORBIDDEN, "Forbidden")
+            };
+            answer
+                .header(CACHE_CONTROL, NO_STORE)
+                .header(REASON, HeaderValue::from_static(reason))
         };
         Answers {
             allow: HeaderMap::from_iter([(CACHE_CONTROL, NO_STORE), (ENVOY_REMOVE, remove)]),
-            throttled: throttled
-                .header(CACHE_CONTROL, NO_STORE)
-                .header(REASON, HeaderValue::from_static("throttled")),
+            refusals: Refusals {
+                throttled: refused("throttled"),
+                rate_limited: refused("rate-limited"),
+                quota_exhausted: refused("quota-exhausted"),
+            },
             unknowable: responses::detail(StatusCode::FORBIDDEN, "Forbidden")
                 .header(CACHE_CONTROL, NO_STORE)
                 .header(REASON, HeaderValue::from_static("bad-original-request")),

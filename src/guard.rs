@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderName, Method};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::keys::{Key, KeyId, KeySet, Outcome};
+use crate::limits::{Checked, Counters, Limiter};
 use crate::metrics::Metrics;
 use crate::throttle::{Throttle, ThrottleConfig};
 
@@ -18,12 +19,16 @@ use crate::throttle::{Throttle, ThrottleConfig};
 struct Live {
     keys: KeySet,
     ok: Vec<Counter>,
+    /// Each key's limiter (`None`: no limits), its owner's counters.
+    limiters: Vec<Option<Arc<Limiter>>>,
 }
 
 /// A decision and the key set that made it.
 pub(crate) struct Decided {
     /// What was decided.
     pub outcome: Outcome,
+    /// For a key with limits: what they said (and the headers that say it).
+    pub(crate) limit: Option<Checked>,
     live: arc_swap::Guard<Arc<Live>>,
 }
 
@@ -31,9 +36,10 @@ impl Decided {
     /// The key the outcome names (valid, expired or out of scope).
     pub(crate) fn key(&self) -> Option<&Key> {
         match self.outcome {
-            Outcome::Valid(id) | Outcome::Expired(id) | Outcome::Forbidden(id) => {
-                self.live.keys.get(id)
-            }
+            Outcome::Valid(id)
+            | Outcome::Expired(id)
+            | Outcome::Forbidden(id)
+            | Outcome::Limited(id, ..) => self.live.keys.get(id),
             _ => None,
         }
     }
@@ -42,6 +48,8 @@ impl Decided {
 /// Throttle + keys.
 pub(crate) struct Guard {
     live: ArcSwap<Live>,
+    /// Rates and quotas, per owner (the memory store).
+    counters: Counters,
     token_header: HeaderName,
     throttle: Option<Throttle>,
 }
@@ -56,8 +64,11 @@ impl Guard {
         metrics: &Metrics,
     ) -> Self {
         let ok = metrics.key_counters(&keys);
+        let counters = Counters::default();
+        let limiters = counters.limiters(&keys);
         Guard {
-            live: ArcSwap::from_pointee(Live { keys, ok }),
+            live: ArcSwap::from_pointee(Live { keys, ok, limiters }),
+            counters,
             token_header,
             throttle: throttle.map(|config| {
                 let throttle = Throttle::new(config);
@@ -71,7 +82,8 @@ impl Guard {
     /// with the set it started with.
     pub(crate) fn replace_keys(&self, keys: KeySet, metrics: &Metrics) {
         let ok = metrics.key_counters(&keys);
-        self.live.store(Arc::new(Live { keys, ok }));
+        let limiters = self.counters.limiters(&keys);
+        self.live.store(Arc::new(Live { keys, ok, limiters }));
     }
 
     /// Decides on the credential in `headers` from `client`, for `method` on
@@ -92,7 +104,11 @@ impl Guard {
         let live = self.live.load();
         if let Some(wait) = self.throttle.as_ref().and_then(|t| t.blocked(client)) {
             let outcome = counted(Outcome::Throttled(wait), metrics, &[]);
-            return Decided { outcome, live };
+            return Decided {
+                outcome,
+                limit: None,
+                live,
+            };
         }
         let mut outcome = live
             .keys
@@ -111,8 +127,24 @@ impl Guard {
                 outcome = Outcome::Throttled(wait);
             }
         }
+        // Every request a valid key makes counts against its owner's limits.
+        let mut limit = None;
+        if let Outcome::Valid(id) = outcome
+            && let Some(Some(limiter)) = live.limiters.get(id.index())
+        {
+            let (mono, wall) = self.counters.now();
+            let checked = limiter.check(mono, wall);
+            if let Some((kind, wait)) = checked.refused {
+                outcome = Outcome::Limited(id, kind, wait);
+            }
+            limit = Some(checked);
+        }
         let outcome = counted(outcome, metrics, &live.ok);
-        Decided { outcome, live }
+        Decided {
+            outcome,
+            limit,
+            live,
+        }
     }
 
     /// The label of a key of the set in use (for the access log; `-` when the

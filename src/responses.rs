@@ -161,6 +161,28 @@ impl Default for Realm {
     }
 }
 
+/// The answers to a client over a limit; `retry-after` is added per request.
+#[derive(Clone, Debug)]
+pub(crate) struct Refusals {
+    /// Over the failed-credential limit (the throttle).
+    pub(crate) throttled: Prebuilt,
+    /// A key over its owner's `rate=`.
+    pub(crate) rate_limited: Prebuilt,
+    /// A key over its owner's `quota=`.
+    pub(crate) quota_exhausted: Prebuilt,
+}
+
+impl Refusals {
+    /// The same answer for every limit.
+    pub(crate) fn all(answer: &Prebuilt) -> Self {
+        Refusals {
+            throttled: answer.clone(),
+            rate_limited: answer.clone(),
+            quota_exhausted: answer.clone(),
+        }
+    }
+}
+
 /// Every fixed response the server sends, built once.
 #[derive(Clone, Debug)]
 pub(crate) struct Responses {
@@ -173,8 +195,8 @@ pub(crate) struct Responses {
     /// 400 for requests HTTP rejects (missing or repeated `Host`, a target
     /// that is not origin-form).
     pub bad_request: Prebuilt,
-    /// 429 for a client over its failed-credential limit.
-    pub too_many_requests: Prebuilt,
+    /// 429 for every limit (the throttle, a key's rate or quota).
+    pub refusals: Refusals,
     /// 431 for too many or too large header fields.
     pub header_fields_too_large: Prebuilt,
     /// 414 for a request target over the limit.
@@ -197,6 +219,8 @@ impl Responses {
     pub(crate) fn new(realm: &Realm) -> Self {
         let unauthorized =
             detail(StatusCode::UNAUTHORIZED, "Unauthorized").header(CACHE_CONTROL, NO_STORE);
+        let too_many = detail(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
+            .header(CACHE_CONTROL, NO_STORE);
         Responses {
             unauthorized_missing: unauthorized
                 .clone()
@@ -207,8 +231,7 @@ impl Responses {
             ),
             not_found: detail(StatusCode::NOT_FOUND, "Not Found"),
             bad_request: detail(StatusCode::BAD_REQUEST, "Bad Request"),
-            too_many_requests: detail(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
-                .header(CACHE_CONTROL, NO_STORE),
+            refusals: Refusals::all(&too_many),
             header_fields_too_large: detail(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "Request Header Fields Too Large",
@@ -335,11 +358,11 @@ mod tests {
     fn retry_after_rounds_up() {
         let r = Responses::new(&Realm::default());
         let resp = with_retry_after(
-            r.too_many_requests.respond(false),
+            r.refusals.throttled.respond(false),
             Duration::from_millis(1500),
         );
         assert_eq!(resp.headers()[RETRY_AFTER], "2");
-        let resp = with_retry_after(r.too_many_requests.respond(true), Duration::ZERO);
+        let resp = with_retry_after(r.refusals.throttled.respond(true), Duration::ZERO);
         assert_eq!(resp.headers()[RETRY_AFTER], "1");
     }
 }

@@ -17,6 +17,7 @@ use crate::gateway::headers::Peer;
 use crate::gateway::proxy::{Forward, Gateway, ServiceBody};
 use crate::gateway::sending::{Answered, Sending};
 use crate::head;
+use crate::limits::Checked;
 use crate::responses::Body;
 use crate::routes::Match;
 
@@ -80,6 +81,7 @@ impl GatewayService {
             proto: if tls { "https" } else { "http" },
             key_label,
             start,
+            limit: None,
         };
         if self.gateway.is_public(req.method(), &path) {
             return Step::Forward(forward(None));
@@ -88,7 +90,7 @@ impl GatewayService {
         let decided = app
             .guard
             .decide(req.headers(), client, req.method(), &path, metrics);
-        match app.denial(&decided.outcome, head, &app.responses.too_many_requests) {
+        match app.denial(&decided.outcome, head, &app.responses.refusals) {
             Some(response) => {
                 // A denial names no valid key.
                 app.record(app.other, &response, start.elapsed(), || {
@@ -96,7 +98,11 @@ impl GatewayService {
                 });
                 Step::Respond(response)
             }
-            None => Step::Forward(forward(decided.key().map(|k| k.label_value().clone()))),
+            None => {
+                let mut forward = forward(decided.key().map(|k| k.label_value().clone()));
+                forward.limit = decided.limit.map(Box::new);
+                Step::Forward(forward)
+            }
         }
     }
 
@@ -106,10 +112,11 @@ impl GatewayService {
     pub(crate) fn forward(
         self: &Arc<Self>,
         req: Request<Incoming>,
-        forward: Forward,
+        mut forward: Forward,
         peer: &Peer,
     ) -> Forwarding {
         let start = forward.start;
+        let limit = forward.limit.take();
         // Only with the access log: what its line needs once `req` is gone.
         let logged = self.app.access_log.then(|| {
             Box::new(Logged {
@@ -130,6 +137,7 @@ impl GatewayService {
                 service: Arc::clone(self),
                 start,
                 logged,
+                limit,
             }),
         }
     }
@@ -174,7 +182,13 @@ impl Future for Forwarding {
                 service,
                 start,
                 logged,
-            }) => Poll::Ready(service.forwarded(answered, start, logged)),
+                limit,
+            }) => {
+                let mut response = service.forwarded(answered, start, logged);
+                // Set after the upstream's own, which they replace.
+                super::limit_headers(&mut response, limit.as_deref());
+                Poll::Ready(response)
+            }
             // Futures are not polled again once they returned `Ready`.
             None => Poll::Pending,
         }
@@ -188,6 +202,8 @@ struct Done {
     start: Instant,
     /// Only with the access log.
     logged: Option<Box<Logged>>,
+    /// A key with limits: what they said (boxed: most keys have none).
+    limit: Option<Box<Checked>>,
 }
 
 /// What a proxied request's access-log line needs once the request is gone

@@ -20,15 +20,31 @@ use crate::head::{self, HeadProblem};
 use crate::keys::KeySet;
 use crate::keys::Outcome;
 use crate::lifecycle::{Lifecycle, Phase};
+use crate::limits::{Checked, LimitKind};
 use crate::metrics::{DroppedSource, Metrics};
 use crate::openapi;
-use crate::responses::{self, Body, Prebuilt, Realm, Responses};
+use crate::responses::{self, Body, Realm, Refusals, Responses};
 use crate::routes::{
     Access, Compiled, Handler, Match, ROUTES, Route, RouteIndex, Router, RouterOptions,
 };
 use crate::throttle::ThrottleConfig;
 pub(crate) use gateway::{GatewayService, Step};
 use record::{Key, Line};
+
+/// Adds `RateLimit-Policy` and `RateLimit` for a key with limits (replacing
+/// any already there: an upstream cannot forge them).
+#[inline]
+pub(crate) fn limit_headers<B>(response: &mut Response<B>, limit: Option<&Checked>) {
+    if let Some(limit) = limit {
+        let headers = response.headers_mut();
+        headers.insert(RATELIMIT_POLICY, limit.policy.clone());
+        headers.insert(RATELIMIT, limit.remaining.clone());
+    }
+}
+
+/// The IETF httpapi rate-limit fields (draft-ietf-httpapi-ratelimit-headers).
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// The `route` label of requests passed on to the upstream.
 pub(crate) const UPSTREAM_LABEL: &str = "upstream";
@@ -302,38 +318,29 @@ impl App {
         if route.route.handler == Handler::ForwardAuth {
             return self.forward_auth(req, route, client, head);
         }
-        let auth = match route.access {
-            Access::Public => None,
-            Access::Protected => {
-                let metrics = self.metrics_on.then_some(&self.metrics);
-                let decided = self.guard.decide(
-                    req.headers(),
-                    client,
-                    req.method(),
-                    route.route.path,
-                    metrics,
-                );
-                if let Some(response) =
-                    self.denial(&decided.outcome, head, &self.responses.too_many_requests)
-                {
-                    return answer(response, index, Some(decided.outcome));
-                }
-                Some(decided.outcome)
-            }
-        };
-        answer(self.success(route, head), index, auth)
+        if route.access == Access::Public {
+            return answer(self.success(route, head), index, None);
+        }
+        let metrics = self.metrics_on.then_some(&self.metrics);
+        let decided = self.guard.decide(
+            req.headers(),
+            client,
+            req.method(),
+            route.route.path,
+            metrics,
+        );
+        let mut response = self
+            .denial(&decided.outcome, head, &self.responses.refusals)
+            .unwrap_or_else(|| self.success(route, head));
+        limit_headers(&mut response, decided.limit.as_ref());
+        answer(response, index, Some(decided.outcome))
     }
 
     /// The one turn of an [`Outcome`] into a denial: the response to a
-    /// credential the guard did not accept (`throttled` answers a throttled
-    /// client, with `retry-after`); `None` for a valid one.
+    /// credential the guard did not accept, or to a client over a limit
+    /// (`refusals`, with `retry-after`); `None` for a valid one.
     #[inline]
-    fn denial(
-        &self,
-        outcome: &Outcome,
-        head: bool,
-        throttled: &Prebuilt,
-    ) -> Option<Response<Body>> {
+    fn denial(&self, outcome: &Outcome, head: bool, refusals: &Refusals) -> Option<Response<Body>> {
         Some(match *outcome {
             Outcome::Valid(_) => return None,
             Outcome::Missing => self.responses.unauthorized_missing.respond(head),
@@ -341,7 +348,15 @@ impl App {
                 self.responses.unauthorized_invalid.respond(head)
             }
             Outcome::Forbidden(_) => self.responses.forbidden.respond(head),
-            Outcome::Throttled(wait) => responses::with_retry_after(throttled.respond(head), wait),
+            Outcome::Throttled(wait) => {
+                responses::with_retry_after(refusals.throttled.respond(head), wait)
+            }
+            Outcome::Limited(_, LimitKind::Rate, wait) => {
+                responses::with_retry_after(refusals.rate_limited.respond(head), wait)
+            }
+            Outcome::Limited(_, LimitKind::Quota, wait) => {
+                responses::with_retry_after(refusals.quota_exhausted.respond(head), wait)
+            }
         })
     }
 
@@ -372,13 +387,15 @@ impl App {
             &original.path,
             metrics,
         );
-        let denial = self.denial(&decided.outcome, head, &self.forward.throttled);
+        let denial = self.denial(&decided.outcome, head, &self.forward.refusals);
         answer.response = match (denial, decided.key()) {
             (Some(denied), _) => denied,
             (None, Some(key)) => self.forward.allow(key, head),
             // A valid outcome always names a key of the set that decided.
             (None, None) => self.forward.unknowable.respond(head),
         };
+        // On the 200 too: the proxy copies them to its client.
+        limit_headers(&mut answer.response, decided.limit.as_ref());
         answer.auth = Some(decided.outcome);
         answer.original = Some(original);
         answer

@@ -81,6 +81,8 @@ pub(crate) struct Forward {
     pub key_label: Option<HeaderValue>,
     /// When tokengate started on the request (its duration runs from here).
     pub start: Instant,
+    /// A key with limits: the `RateLimit` fields for the client's response.
+    pub limit: Option<Box<crate::limits::Checked>>,
 }
 
 impl Gateway {

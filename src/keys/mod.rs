@@ -41,7 +41,7 @@ pub(crate) mod scope;
 pub use digest::Digest;
 use digest::DigestHasher;
 
-pub use crate::limits::LimitProblem;
+pub use crate::limits::{LimitKind, LimitProblem};
 pub use file::{
     KeyError, KeySources, LineProblem, MIN_TOKEN_LEN, TOKEN_ENV, TokenProblem, hash_token_line,
     parse_key_file,
@@ -65,6 +65,8 @@ pub enum Outcome {
     Forbidden(KeyId),
     /// The client is over its failed-credential limit: 429 for this long.
     Throttled(Duration),
+    /// A valid key over its owner's rate or quota: 429 for this long.
+    Limited(KeyId, LimitKind, Duration),
 }
 
 /// Where a key came from, for start-up logs and error messages.

@@ -3,8 +3,11 @@
 //! request against it (`period`: GCRA and UTC calendar periods, the clock
 //! passed in), and the counters, shared by every key of one owner.
 
+mod counters;
 pub(crate) mod period;
 
+pub use counters::LimitKind;
+pub(crate) use counters::{Checked, Counters, Limiter};
 use period::Period;
 
 /// A rate: `count` requests per `window` seconds, `burst` at once (GCRA).

@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 
 use crate::keys::KeySet;
 use crate::keys::Outcome;
+use crate::limits::LimitKind;
 use crate::routes::RouteIndex;
 use labels::{
     AuthLabels, KeyLabel, KindLabel, ProtocolLabel, ResultLabel, RouteLabel, RouteStatus, STATUSES,
@@ -64,6 +65,8 @@ pub struct Metrics {
     expired: Counter,
     forbidden: Counter,
     throttled: Counter,
+    rate_limited: Counter,
+    quota_exhausted: Counter,
     /// `tokengate_key_expiry_timestamp_seconds{key}`, per key with `expires=`.
     key_expiry: Family<KeyLabel, Gauge>,
     upstream_requests: Family<StatusLabel, Counter>,
@@ -161,6 +164,8 @@ impl Metrics {
             outcome("forbidden"),
             outcome("throttled"),
         );
+        // A valid key over its owner's rate= or quota=.
+        let (rate_limited, quota_exhausted) = (outcome("rate_limited"), outcome("quota_exhausted"));
         let upstream_requests = Family::<StatusLabel, Counter>::default();
         registry.register(
             "upstream_requests",
@@ -252,6 +257,8 @@ impl Metrics {
             expired,
             forbidden,
             throttled,
+            rate_limited,
+            quota_exhausted,
             key_expiry,
             upstream_requests,
             upstream_known,
@@ -320,6 +327,8 @@ impl Metrics {
             Outcome::Expired(_) => &self.expired,
             Outcome::Forbidden(_) => &self.forbidden,
             Outcome::Throttled(_) => &self.throttled,
+            Outcome::Limited(_, LimitKind::Rate, _) => &self.rate_limited,
+            Outcome::Limited(_, LimitKind::Quota, _) => &self.quota_exhausted,
         };
         counter.inc();
     }

@@ -1,0 +1,310 @@
+//! The counters of the memory store: one [`Limiter`] per owner, shared by
+//! every key of that owner and kept across key reloads (a rotated key keeps
+//! its owner's counters), lost on restart.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::HeaderValue;
+
+use super::Limits;
+use super::period::{self, Counted, Gcra, Period, Verdict};
+use crate::keys::KeySet;
+
+/// Which limit refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitKind {
+    /// `rate=`: too fast; the wait is until one more request fits.
+    Rate,
+    /// `quota=`: used up; the wait is until the period resets.
+    Quota,
+}
+
+/// One owner's counters.
+#[derive(Debug, Default)]
+struct State {
+    /// The rate's theoretical arrival time (nanoseconds on the store's clock).
+    tat: u64,
+    quota: Counted,
+}
+
+/// The limits of one owner, its counters and its `RateLimit-Policy` value.
+#[derive(Debug)]
+pub(crate) struct Limiter {
+    limits: Limits,
+    gcra: Option<Gcra>,
+    state: Mutex<State>,
+    /// `RateLimit-Policy`, built once.
+    policy: HeaderValue,
+}
+
+/// What a limiter says of one request: the decision and the `RateLimit`
+/// value that goes with the answer.
+#[derive(Debug)]
+pub(crate) struct Checked {
+    /// `None`: admitted.
+    pub(crate) refused: Option<(LimitKind, Duration)>,
+    /// `RateLimit-Policy`.
+    pub(crate) policy: HeaderValue,
+    /// `RateLimit`: what remains of each limit and when it resets.
+    pub(crate) remaining: HeaderValue,
+}
+
+impl Limiter {
+    fn new(limits: Limits) -> Self {
+        let mut policy = String::new();
+        if let Some(rate) = limits.rate {
+            let _ = write!(policy, "\"rate\";q={};w={}", rate.count, rate.window);
+        }
+        if let Some(quota) = limits.quota {
+            if !policy.is_empty() {
+                policy.push_str(", ");
+            }
+            let _ = write!(
+                policy,
+                "\"{}\";q={};w={}",
+                period_name(quota.period),
+                quota.count,
+                quota.period.nominal_seconds()
+            );
+        }
+        Limiter {
+            gcra: limits
+                .rate
+                .map(|r| Gcra::new(r.count, r.window * 1_000_000_000, r.burst)),
+            limits,
+            state: Mutex::default(),
+            policy: HeaderValue::try_from(policy)
+                .expect("names, digits, quotes and separators make a valid header value"),
+        }
+    }
+
+    /// One request at `mono` (nanoseconds on the store's monotonic clock)
+    /// and `wall` (seconds since the epoch): counted against both limits
+    /// only if both admit it.
+    pub(crate) fn check(&self, mono: u64, wall: u64) -> Checked {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let rate = self.gcra.map(|g| g.check(state.tat, mono));
+        let quota = self
+            .limits
+            .quota
+            .map(|q| period::count(q.count, q.period, state.quota, wall));
+        let refused = match (rate, quota) {
+            (Some((Verdict::Refuse { retry }, _)), _) => {
+                Some((LimitKind::Rate, Duration::from_nanos(retry)))
+            }
+            (_, Some((Verdict::Refuse { retry }, _))) => {
+                Some((LimitKind::Quota, Duration::from_secs(retry)))
+            }
+            _ => None,
+        };
+        if refused.is_none() {
+            if let Some((_, tat)) = rate {
+                state.tat = tat;
+            }
+            if let Some((_, counted)) = quota {
+                state.quota = counted;
+            }
+        }
+        drop(state);
+        let mut remaining = String::new();
+        let counted = refused.is_none();
+        if let Some((verdict, _)) = rate {
+            item(&mut remaining, "rate", verdict, counted);
+        }
+        if let (Some((verdict, _)), Some(q)) = (quota, self.limits.quota) {
+            item(&mut remaining, period_name(q.period), verdict, counted);
+        }
+        Checked {
+            refused,
+            policy: self.policy.clone(),
+            remaining: HeaderValue::try_from(remaining)
+                .expect("names, digits, quotes and separators make a valid header value"),
+        }
+    }
+}
+
+/// `"name";r=R;t=T` for one limit, after a comma if others came before. A
+/// limit that would have admitted a request the other refused was not
+/// counted: it still has that one.
+fn item(out: &mut String, name: &str, verdict: Verdict, counted: bool) {
+    if !out.is_empty() {
+        out.push_str(", ");
+    }
+    let (r, t) = match verdict {
+        Verdict::Admit { remaining, reset } => (remaining + u64::from(!counted), reset),
+        // A refused rate's wait is in nanoseconds: whole seconds, rounded up.
+        Verdict::Refuse { retry } if name == "rate" => (0, retry.div_ceil(1_000_000_000)),
+        Verdict::Refuse { retry } => (0, retry),
+    };
+    let _ = write!(out, "\"{name}\";r={r};t={t}");
+}
+
+fn period_name(period: Period) -> &'static str {
+    match period {
+        Period::Hour => "hour",
+        Period::Day => "day",
+        Period::Month => "month",
+    }
+}
+
+/// The memory store: every owner's limiter, by owner name.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    owners: Mutex<HashMap<Arc<str>, Arc<Limiter>>>,
+    /// The zero of the rates' monotonic clock.
+    epoch: Instant,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            owners: Mutex::default(),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl Counters {
+    /// The limiter of each key of `keys` (aligned with them; `None` for a key
+    /// without limits). An owner keeps its limiter, and so its counters, as
+    /// long as its limits stay the same; owners no longer in `keys` are
+    /// dropped.
+    pub(crate) fn limiters(&self, keys: &KeySet) -> Vec<Option<Arc<Limiter>>> {
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept: HashMap<Arc<str>, Arc<Limiter>> = HashMap::new();
+        let limiters = keys
+            .keys()
+            .iter()
+            .map(|key| {
+                let limits = *key.limits();
+                if !limits.is_limited() {
+                    return None;
+                }
+                let owner = key.owner();
+                let limiter = kept
+                    .get(owner)
+                    .or_else(|| owners.get(owner).filter(|l| l.limits == limits))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Limiter::new(limits)));
+                kept.insert(owner.clone(), limiter.clone());
+                Some(limiter)
+            })
+            .collect();
+        *owners = kept;
+        limiters
+    }
+
+    /// Now, on the rates' clock (nanoseconds) and the quotas' (seconds).
+    pub(crate) fn now(&self) -> (u64, u64) {
+        let mono = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        (mono, wall)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::keys::{Digest, Key, KeySource};
+    use crate::limits::{Quota, Rate};
+
+    fn key(token: &str, label: &str, owner: Option<&str>, limits: Limits) -> Key {
+        Key::new(Digest::of(token.as_bytes()), label, KeySource::Env)
+            .with_limits(owner.map(Arc::from), limits)
+    }
+
+    const TEN_A_SECOND_AND_THREE_A_DAY: Limits = Limits {
+        rate: Some(Rate {
+            count: 10,
+            window: 1,
+            burst: 10,
+        }),
+        quota: Some(Quota {
+            count: 3,
+            period: Period::Day,
+        }),
+    };
+
+    #[test]
+    fn both_limits_count_only_what_both_admit_and_say_so_in_the_headers() {
+        let counters = Counters::default();
+        let mut keys = KeySet::new();
+        keys.insert(key("a", "a", None, TEN_A_SECOND_AND_THREE_A_DAY))
+            .unwrap();
+        let limiter = counters.limiters(&keys)[0].clone().unwrap();
+        assert_eq!(limiter.policy, "\"rate\";q=10;w=1, \"day\";q=3;w=86400");
+        let noon = 1_709_208_000;
+        let (mono, _) = counters.now();
+        for r in [2, 1, 0] {
+            let c = limiter.check(mono, noon);
+            assert!(c.refused.is_none());
+            assert_eq!(
+                c.remaining,
+                format!("\"rate\";r={};t=1, \"day\";r={r};t=43200", 9 - (2 - r)).as_str()
+            );
+        }
+        let c = limiter.check(mono, noon);
+        assert_eq!(
+            c.refused,
+            Some((LimitKind::Quota, Duration::from_secs(43_200)))
+        );
+        // The refused request took nothing from the rate.
+        assert!(c.remaining.to_str().unwrap().starts_with("\"rate\";r=7;"));
+    }
+
+    #[test]
+    fn a_rotated_key_keeps_its_owners_counters_and_new_limits_start_afresh() {
+        let counters = Counters::default();
+        let quota_only = Limits {
+            rate: None,
+            quota: Some(Quota {
+                count: 2,
+                period: Period::Month,
+            }),
+        };
+        let mut keys = KeySet::new();
+        keys.insert(key("old", "old", Some("team"), quota_only))
+            .unwrap();
+        let first = counters.limiters(&keys)[0].clone().unwrap();
+        let (mono, wall) = counters.now();
+        assert!(first.check(mono, wall).refused.is_none());
+        // The old key is replaced by a new one of the same owner.
+        let mut rotated = KeySet::new();
+        rotated
+            .insert(key("new", "new", Some("team"), quota_only))
+            .unwrap();
+        rotated
+            .insert(key("free", "free", None, Limits::default()))
+            .unwrap();
+        let limiters = counters.limiters(&rotated);
+        let second = limiters[0].clone().unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+        assert!(limiters[1].is_none());
+        assert!(second.check(mono, wall).refused.is_none());
+        assert_eq!(
+            second.check(mono, wall).refused.map(|r| r.0),
+            Some(LimitKind::Quota)
+        );
+        // Other limits for the owner: fresh counters.
+        let mut changed = KeySet::new();
+        let more = Limits {
+            quota: Some(Quota {
+                count: 5,
+                period: Period::Month,
+            }),
+            ..quota_only
+        };
+        changed
+            .insert(key("new", "new", Some("team"), more))
+            .unwrap();
+        let third = counters.limiters(&changed)[0].clone().unwrap();
+        assert!(!Arc::ptr_eq(&first, &third));
+        assert!(third.check(mono, wall).refused.is_none());
+    }
+}
