@@ -17,6 +17,7 @@ mod gateway;
 mod h2abuse;
 mod hostile;
 mod lifecycle;
+mod limits;
 mod ops;
 mod proxies;
 mod raw;
