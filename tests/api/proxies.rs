@@ -15,7 +15,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -31,6 +31,7 @@ use crate::support::{TempDir, TestServer, keys_from, statuses, wait_until};
 const KEYS: &str = "\
 full-access-key-1 ops
 reports-only-key reports scope=GET,HEAD:/reports/*
+limited-key-00001 limited quota=2/hour
 ";
 
 fn deploy_file(name: &str) -> String {
@@ -90,8 +91,15 @@ async fn echo_upstream() -> SocketAddr {
 }
 
 async fn tokengate() -> TestServer {
+    tokengate_refusing_with(StatusCode::FORBIDDEN).await
+}
+
+/// tokengate with `--forward-auth-throttle-status` (Caddy relays any status:
+/// its config runs tokengate with 429).
+async fn tokengate_refusing_with(status: StatusCode) -> TestServer {
     let config = AppConfig {
         trusted_proxies: TrustedProxies::parse("127.0.0.1").unwrap(),
+        forward_auth_throttle_status: status,
         ..AppConfig::default()
     };
     TestServer::with(keys_from(KEYS), config, Limits::default()).await
@@ -213,6 +221,42 @@ async fn assert_guarded(socket: &Path) {
     );
 }
 
+/// A key over its quota: the proxy turns tokengate's 403 (reason
+/// quota-exhausted, retry-after) into the client's 429, the API never sees
+/// the request, and the RateLimit fields reach the client on every answer.
+async fn assert_limits_relayed(socket: &Path) {
+    for left in [1, 0] {
+        let r = through(socket, "/reports/1", &[("X-Token", "limited-key-00001")]).await;
+        assert_eq!(statuses(&r), [200], "{r}");
+        assert!(echoed(&r).is_some(), "{r}");
+        let lower = r.to_ascii_lowercase();
+        assert!(
+            lower.contains(&format!("\r\nratelimit: \"hour\";r={left};t=")),
+            "{r}"
+        );
+        assert!(
+            lower.contains("\r\nratelimit-policy: \"hour\";q=2;w=3600"),
+            "{r}"
+        );
+    }
+    let r = through(socket, "/reports/1", &[("X-Token", "limited-key-00001")]).await;
+    assert_eq!(statuses(&r), [429], "{r}");
+    assert!(echoed(&r).is_none(), "{r}");
+    let lower = r.to_ascii_lowercase();
+    let retry: u64 = lower
+        .split("\r\nretry-after: ")
+        .nth(1)
+        .and_then(|v| v.split("\r\n").next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no retry-after: {r}"));
+    assert!((1..=3600).contains(&retry), "{r}");
+    assert!(lower.contains("\r\nratelimit: \"hour\";r=0;t="), "{r}");
+    assert!(r.contains(r#"{"detail":"Too Many Requests"}"#), "{r}");
+    // A key without limits gets no fields.
+    let r = through(socket, "/reports/1", &[("X-Token", "full-access-key-1")]).await;
+    assert!(!r.to_ascii_lowercase().contains("\r\nratelimit"), "{r}");
+}
+
 struct Proxy {
     child: Child,
     socket: PathBuf,
@@ -278,6 +322,7 @@ async fn nginx_auth_request_end_to_end() {
         ));
     let proxy = Proxy::start(cmd, socket).await;
     assert_guarded(&proxy.socket).await;
+    assert_limits_relayed(&proxy.socket).await;
 }
 
 #[tokio::test]
@@ -286,7 +331,7 @@ async fn caddy_forward_auth_end_to_end() {
         return;
     };
     let dir = TempDir::new("proxy-caddy");
-    let gate = tokengate().await;
+    let gate = tokengate_refusing_with(StatusCode::TOO_MANY_REQUESTS).await;
     let api = echo_upstream().await;
     let socket = dir.join("caddy.sock");
     let conf = deploy_file("Caddyfile")
@@ -308,6 +353,7 @@ async fn caddy_forward_auth_end_to_end() {
         .env("XDG_CONFIG_HOME", &*dir);
     let proxy = Proxy::start(cmd, socket).await;
     assert_guarded(&proxy.socket).await;
+    assert_limits_relayed(&proxy.socket).await;
 }
 
 #[tokio::test]
