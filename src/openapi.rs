@@ -38,18 +38,30 @@ fn challenge_header() -> Value {
     }})
 }
 
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers),
+/// sent to keys with `rate=` or `quota=` only.
+fn limit_headers() -> Value {
+    json!({
+        "RateLimit-Policy": {"description": "The key's limits, e.g. \"rate\";q=100;w=1, \"day\";q=10000;w=86400 (keys with rate= or quota= only)", "schema": {"type": "string"}},
+        "RateLimit": {"description": "What remains of each limit and when it resets, e.g. \"rate\";r=57;t=1 (keys with rate= or quota= only)", "schema": {"type": "string"}}
+    })
+}
+
 fn auth_errors(responses: &mut Map<String, Value>) {
     let mut unauthorized = detail_response("No credential, a wrong one, or an expired key");
     unauthorized["headers"] = challenge_header();
     responses.insert("401".into(), unauthorized);
     let mut forbidden = detail_response(
-        "A valid key whose scopes do not cover the request; on /auth/verify also a throttled client (x-tokengate-reason: throttled) or contradicting forwarded headers",
+        "A valid key whose scopes do not cover the request; on /auth/verify also a client over a limit (x-tokengate-reason: throttled, rate-limited or quota-exhausted, with Retry-After) or contradicting forwarded headers",
     );
     forbidden["headers"] = challenge_header();
     responses.insert("403".into(), forbidden);
-    let mut throttled = detail_response("The client address is over its failed-credential limit");
-    throttled["headers"] =
-        json!({"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}});
+    let mut throttled = detail_response(
+        "The client address is over its failed-credential limit, or the key over its rate= or quota=",
+    );
+    let mut headers = limit_headers();
+    headers["Retry-After"] = json!({"description": "Seconds to wait (for a quota: until its period resets)", "schema": {"type": "integer"}});
+    throttled["headers"] = headers;
     responses.insert("429".into(), throttled);
 }
 
@@ -198,6 +210,18 @@ pub(crate) fn document(table: &[Route], options: &DocOptions) -> Value {
         }
         if protected {
             auth_errors(&mut responses);
+            if route.handler != Handler::Metrics {
+                // A limited key's answers carry its RateLimit fields.
+                let ok = &mut responses["200"];
+                match ok.get_mut("headers").and_then(Value::as_object_mut) {
+                    Some(headers) => {
+                        if let Value::Object(limits) = limit_headers() {
+                            headers.extend(limits);
+                        }
+                    }
+                    None => ok["headers"] = limit_headers(),
+                }
+            }
         }
         common_errors(&mut responses);
         let mut operation = json!({
