@@ -7,18 +7,18 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, Method};
-use prometheus_client::metrics::counter::Counter;
 
 use crate::keys::{Key, KeyId, KeySet, Outcome};
 use crate::limits::{Checked, Counters, Limiter};
-use crate::metrics::Metrics;
+use crate::metrics::{KeyCounters, Metrics};
 use crate::throttle::{Throttle, ThrottleConfig};
 
 /// The accepted keys and, aligned with them, their `ok` metric counters:
 /// swapped together, atomically, on reload.
 struct Live {
     keys: KeySet,
-    ok: Vec<Counter>,
+    /// Each key's metric series.
+    ok: Vec<KeyCounters>,
     /// Each key's limiter (`None`: no limits), its owner's counters.
     limiters: Vec<Option<Arc<Limiter>>>,
 }
@@ -170,7 +170,7 @@ impl Guard {
 }
 
 #[inline]
-fn counted(outcome: Outcome, metrics: Option<&Metrics>, ok: &[Counter]) -> Outcome {
+fn counted(outcome: Outcome, metrics: Option<&Metrics>, ok: &[KeyCounters]) -> Outcome {
     if let Some(metrics) = metrics {
         metrics.record_auth(&outcome, ok);
     }

@@ -31,6 +31,15 @@ mod labels;
 /// Reads the access-log writer's count of dropped lines.
 pub type DroppedSource = Arc<dyn Fn() -> u64 + Send + Sync>;
 
+/// A key's own series of `tokengate_auth_total`, resolved at each key load.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyCounters {
+    /// `outcome="ok"`.
+    ok: Counter,
+    /// `outcome="rate_limited"` and `"quota_exhausted"`, for a key with limits.
+    limited: Option<[Counter; 2]>,
+}
+
 /// Why a request to the upstream failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpstreamFailure {
@@ -65,8 +74,6 @@ pub struct Metrics {
     expired: Counter,
     forbidden: Counter,
     throttled: Counter,
-    rate_limited: Counter,
-    quota_exhausted: Counter,
     /// `tokengate_key_expiry_timestamp_seconds{key}`, per key with `expires=`.
     key_expiry: Family<KeyLabel, Gauge>,
     upstream_requests: Family<StatusLabel, Counter>,
@@ -164,8 +171,6 @@ impl Metrics {
             outcome("forbidden"),
             outcome("throttled"),
         );
-        // A valid key over its owner's rate= or quota=.
-        let (rate_limited, quota_exhausted) = (outcome("rate_limited"), outcome("quota_exhausted"));
         let upstream_requests = Family::<StatusLabel, Counter>::default();
         registry.register(
             "upstream_requests",
@@ -257,8 +262,6 @@ impl Metrics {
             expired,
             forbidden,
             throttled,
-            rate_limited,
-            quota_exhausted,
             key_expiry,
             upstream_requests,
             upstream_known,
@@ -274,7 +277,7 @@ impl Metrics {
     }
 
     /// Resolves the `ok` counter of every key (at start-up and on reload).
-    pub fn key_counters(&self, keys: &KeySet) -> Vec<Counter> {
+    pub(crate) fn key_counters(&self, keys: &KeySet) -> Vec<KeyCounters> {
         self.keys_loaded
             .set(i64::try_from(keys.len()).unwrap_or(i64::MAX));
         self.key_expiry.clear();
@@ -293,10 +296,19 @@ impl Metrics {
         keys.keys()
             .iter()
             .map(|k| {
-                self.auth_family.get_or_create_owned(&AuthLabels {
-                    outcome: "ok",
-                    key: Some(k.label_arc()),
-                })
+                let counter = |outcome| {
+                    self.auth_family.get_or_create_owned(&AuthLabels {
+                        outcome,
+                        key: Some(k.label_arc()),
+                    })
+                };
+                KeyCounters {
+                    ok: counter("ok"),
+                    limited: k
+                        .limits()
+                        .is_limited()
+                        .then(|| [counter("rate_limited"), counter("quota_exhausted")]),
+                }
             })
             .collect()
     }
@@ -316,19 +328,29 @@ impl Metrics {
     /// Records what the guard decided; `ok_counters` are the per-key
     /// counters aligned with the key set that decided.
     #[inline]
-    pub fn record_auth(&self, outcome: &Outcome, ok_counters: &[Counter]) {
+    pub(crate) fn record_auth(&self, outcome: &Outcome, key_counters: &[KeyCounters]) {
         let counter = match outcome {
-            Outcome::Valid(id) => match ok_counters.get(id.index()) {
-                Some(c) => c,
+            Outcome::Valid(id) => match key_counters.get(id.index()) {
+                Some(c) => &c.ok,
                 None => return,
             },
+            Outcome::Limited(id, kind, _) => {
+                match key_counters
+                    .get(id.index())
+                    .and_then(|c| c.limited.as_ref())
+                {
+                    Some([rate, quota]) => match kind {
+                        LimitKind::Rate => rate,
+                        LimitKind::Quota => quota,
+                    },
+                    None => return,
+                }
+            }
             Outcome::Missing => &self.missing,
             Outcome::Invalid => &self.invalid,
             Outcome::Expired(_) => &self.expired,
             Outcome::Forbidden(_) => &self.forbidden,
             Outcome::Throttled(_) => &self.throttled,
-            Outcome::Limited(_, LimitKind::Rate, _) => &self.rate_limited,
-            Outcome::Limited(_, LimitKind::Quota, _) => &self.quota_exhausted,
         };
         counter.inc();
     }

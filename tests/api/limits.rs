@@ -104,6 +104,31 @@ async fn a_rate_admits_its_burst_then_429_until_one_more_fits() {
     let wrong = protected(Proto::H1, &server, "not-a-key-at-all-1").await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     assert!(wrong.header("ratelimit").is_none());
+    // Counted by key and limit.
+    let metrics = send(
+        Proto::H1,
+        server.addr,
+        Method::GET,
+        "/metrics",
+        &[("x-token", "plain-key-0000001")],
+    )
+    .await;
+    for needle in [
+        r#"tokengate_auth_total{outcome="ok",key="rated"} 2"#,
+        r#"tokengate_auth_total{outcome="rate_limited",key="rated"} 2"#,
+        r#"tokengate_auth_total{outcome="quota_exhausted",key="rated"} 0"#,
+    ] {
+        assert!(
+            metrics.text().contains(needle),
+            "no {needle} in\n{}",
+            metrics.text()
+        );
+    }
+    assert!(
+        !metrics
+            .text()
+            .contains(r#"outcome="rate_limited",key="plain""#)
+    );
 }
 
 #[tokio::test]
