@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, Method};
 
 use crate::keys::{Key, KeyId, KeySet, Outcome};
-use crate::limits::{Checked, Counters, Limiter};
+use crate::limits::{Checked, Counters, Limiter, RedisStore, StoreConfig, Stored};
 use crate::metrics::{KeyCounters, Metrics};
 use crate::throttle::{Throttle, ThrottleConfig};
 
@@ -29,7 +29,31 @@ pub(crate) struct Decided {
     pub outcome: Outcome,
     /// For a key with limits: what they said (and the headers that say it).
     pub(crate) limit: Option<Checked>,
+    /// With Redis: the limits still to ask the store about (the outcome is
+    /// `Valid` until [`Guard::settle`]).
+    pub(crate) pending: Option<Pending>,
     live: arc_swap::Guard<Arc<Live>>,
+}
+
+/// A store call still to make for a valid key with limits.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    store: Arc<RedisStore>,
+    limiter: Arc<Limiter>,
+    mono: u64,
+    wall: u64,
+}
+
+impl Pending {
+    /// Asks the store (bounded by its timeout).
+    pub(crate) async fn ask(self) -> Stored {
+        self.store.check(&self.limiter, self.mono, self.wall).await
+    }
+
+    /// The per-process counters' verdict instead (no waiting).
+    pub(crate) fn local(&self) -> Checked {
+        self.limiter.check(self.mono, self.wall)
+    }
 }
 
 impl Decided {
@@ -48,8 +72,11 @@ impl Decided {
 /// Throttle + keys.
 pub(crate) struct Guard {
     live: ArcSwap<Live>,
-    /// Rates and quotas, per owner (the memory store).
+    /// Rates and quotas, per owner (the memory store; with Redis the
+    /// per-process fallback and the cache of refusals).
     counters: Counters,
+    /// `--limits-store redis://…`.
+    redis: Option<Arc<RedisStore>>,
     token_header: HeaderName,
     throttle: Option<Throttle>,
 }
@@ -61,14 +88,22 @@ impl Guard {
         keys: KeySet,
         token_header: HeaderName,
         throttle: Option<ThrottleConfig>,
+        store: &StoreConfig,
         metrics: &Metrics,
     ) -> Self {
         let ok = metrics.key_counters(&keys);
-        let counters = Counters::default();
+        let counters = Counters::new(&store.prefix);
+        let redis = store.redis.as_ref().map(|r| {
+            Arc::new(
+                RedisStore::new(&r.url, r.timeout, r.failure)
+                    .expect("the URL was validated with the configuration"),
+            )
+        });
         let limiters = counters.limiters(&keys);
         Guard {
             live: ArcSwap::from_pointee(Live { keys, ok, limiters }),
             counters,
+            redis,
             token_header,
             throttle: throttle.map(|config| {
                 let throttle = Throttle::new(config);
@@ -107,6 +142,7 @@ impl Guard {
             return Decided {
                 outcome,
                 limit: None,
+                pending: None,
                 live,
             };
         }
@@ -129,22 +165,59 @@ impl Guard {
         }
         // Every request a valid key makes counts against its owner's limits.
         let mut limit = None;
+        let mut pending = None;
         if let Outcome::Valid(id) = outcome
             && let Some(Some(limiter)) = live.limiters.get(id.index())
         {
             let (mono, wall) = self.counters.now();
-            let checked = limiter.check(mono, wall);
-            if let Some((kind, wait)) = checked.refused {
-                outcome = Outcome::Limited(id, kind, wait);
+            let checked = match &self.redis {
+                None => Some(limiter.check(mono, wall)),
+                // An owner known to be over a limit needs no call until its reset.
+                Some(store) => limiter.known_refusal(mono).or_else(|| {
+                    pending = Some(Pending {
+                        store: Arc::clone(store),
+                        limiter: Arc::clone(limiter),
+                        mono,
+                        wall,
+                    });
+                    None
+                }),
+            };
+            if let Some(checked) = checked {
+                if let Some((kind, wait)) = checked.refused {
+                    outcome = Outcome::Limited(id, kind, wait);
+                }
+                limit = Some(checked);
             }
-            limit = Some(checked);
         }
-        let outcome = counted(outcome, metrics, &live.ok);
+        // A pending outcome is counted once the store has answered.
+        let outcome = if pending.is_some() {
+            outcome
+        } else {
+            counted(outcome, metrics, &live.ok)
+        };
         Decided {
             outcome,
             limit,
+            pending,
             live,
         }
+    }
+
+    /// The outcome once the store answered a pending check, counted:
+    /// `Limited` if a limit refused, `None` for a store down under
+    /// `--limits-store-failure closed`.
+    pub(crate) fn settle(
+        &self,
+        outcome: Outcome,
+        checked: Option<&Checked>,
+        metrics: Option<&Metrics>,
+    ) -> Outcome {
+        let outcome = match (outcome, checked.and_then(|c| c.refused)) {
+            (Outcome::Valid(id), Some((kind, wait))) => Outcome::Limited(id, kind, wait),
+            (outcome, _) => outcome,
+        };
+        counted(outcome, metrics, &self.live.load().ok)
     }
 
     /// The label of a key of the set in use (for the access log; `-` when the

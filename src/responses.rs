@@ -197,6 +197,8 @@ pub(crate) struct Responses {
     pub bad_request: Prebuilt,
     /// 429 for every limit (the throttle, a key's rate or quota).
     pub refusals: Refusals,
+    /// 503: the limits store is down and `--limits-store-failure closed`.
+    pub unavailable: Prebuilt,
     /// 431 for too many or too large header fields.
     pub header_fields_too_large: Prebuilt,
     /// 414 for a request target over the limit.
@@ -232,6 +234,8 @@ impl Responses {
             not_found: detail(StatusCode::NOT_FOUND, "Not Found"),
             bad_request: detail(StatusCode::BAD_REQUEST, "Bad Request"),
             refusals: Refusals::all(&too_many),
+            unavailable: detail(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+                .header(CACHE_CONTROL, NO_STORE),
             header_fields_too_large: detail(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "Request Header Fields Too Large",

@@ -87,9 +87,16 @@ impl GatewayService {
             return Step::Forward(forward(None));
         }
         let metrics = app.metrics_on.then_some(&app.metrics);
-        let decided = app
+        let mut decided = app
             .guard
             .decide(req.headers(), client, req.method(), &path, metrics);
+        if let Some(pending) = decided.pending.take() {
+            // The gateway does not wait for a Redis store (the configuration
+            // refuses the pair): the process's own counters decide.
+            let checked = pending.local();
+            decided.outcome = app.guard.settle(decided.outcome, Some(&checked), metrics);
+            decided.limit = Some(checked);
+        }
         match app.denial(&decided.outcome, head, &app.responses.refusals) {
             Some(response) => {
                 // A denial names no valid key.

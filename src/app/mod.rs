@@ -2,6 +2,7 @@
 //! head limits, route match, guard, response — and around it the timing,
 //! the metrics and the access log.
 
+mod deferred;
 mod gateway;
 mod record;
 
@@ -20,7 +21,7 @@ use crate::head::{self, HeadProblem};
 use crate::keys::KeySet;
 use crate::keys::Outcome;
 use crate::lifecycle::{Lifecycle, Phase};
-use crate::limits::{Checked, LimitKind};
+use crate::limits::{Checked, LimitKind, StoreConfig};
 use crate::metrics::{DroppedSource, Metrics};
 use crate::openapi;
 use crate::responses::{self, Body, Realm, Refusals, Responses};
@@ -28,6 +29,8 @@ use crate::routes::{
     Access, Compiled, Handler, Match, ROUTES, Route, RouteIndex, Router, RouterOptions,
 };
 use crate::throttle::ThrottleConfig;
+pub(crate) use deferred::Call;
+use deferred::Deferred;
 pub(crate) use gateway::{GatewayService, Step};
 use record::{Key, Line};
 
@@ -76,6 +79,8 @@ pub struct AppConfig {
     pub openapi: bool,
     /// Gateway mode (`--upstream`): pass requests on to this service.
     pub gateway: Option<GatewayConfig>,
+    /// Where the `rate=` and `quota=` counters live (`--limits-store`).
+    pub limits_store: StoreConfig,
     /// Gateway mode with `--admin-listen`: tokengate's own routes are served
     /// on that listener only, and the main listener passes every path on.
     pub admin_listener: bool,
@@ -96,6 +101,7 @@ impl Default for AppConfig {
             forward_auth_dialect: forward_auth::Dialect::Auto,
             openapi: true,
             gateway: None,
+            limits_store: StoreConfig::memory(),
             admin_listener: false,
         }
     }
@@ -114,6 +120,8 @@ pub struct Answer<'a> {
     pub client: IpAddr,
     /// For `/auth/verify`: the request that was authorised.
     pub original: Option<Original<'a>>,
+    /// With a Redis store: the limits still to count (see `App::call`).
+    pub(crate) deferred: Option<Box<Deferred>>,
 }
 
 /// The application: route table, guard and prebuilt responses.
@@ -141,6 +149,8 @@ pub struct App {
     access_log: bool,
     /// Metrics are recorded (`--metrics on`).
     metrics_on: bool,
+    /// A Redis store: answers to keys with limits wait for it (`App::call`).
+    deferring: bool,
 }
 
 impl std::fmt::Debug for App {
@@ -193,7 +203,13 @@ impl App {
                     gateway: config.gateway.is_some(),
                 },
             ),
-            guard: Guard::new(keys, config.token_header.clone(), config.throttle, &metrics),
+            guard: Guard::new(
+                keys,
+                config.token_header.clone(),
+                config.throttle,
+                &config.limits_store,
+                &metrics,
+            ),
             responses: Responses::new(&config.realm),
             forward: forward_auth::Answers::new(
                 &config.token_header,
@@ -212,6 +228,7 @@ impl App {
             upstream_route: RouteIndex(table.len() + 1),
             access_log: config.access_log,
             metrics_on: config.metrics,
+            deferring: config.limits_store.redis.is_some(),
         }
     }
 
@@ -251,11 +268,23 @@ impl App {
     /// The body is never read: no route takes one.
     #[inline]
     pub fn handle<B>(&self, req: &Request<B>, peer: IpAddr) -> Response<Body> {
-        if !self.metrics_on && !self.access_log {
+        if !self.metrics_on && !self.access_log && !self.deferring {
             return self.answer(req, peer).response;
         }
         let start = Instant::now();
-        let answer = self.answer(req, peer);
+        let mut answer = self.answer(req, peer);
+        if let Some(deferred) = answer.deferred.take() {
+            // No waiting here: the per-process counters decide (services
+            // that can wait use `App::call`).
+            answer.auth = self.settle_locally(&mut answer.response, answer.auth, *deferred);
+        }
+        self.record_answer(req, peer, &answer, start);
+        answer.response
+    }
+
+    /// Records an answered request (metrics, access log).
+    #[inline]
+    fn record_answer<B>(&self, req: &Request<B>, peer: IpAddr, answer: &Answer, start: Instant) {
         self.record(answer.route, &answer.response, start.elapsed(), || {
             Some(Line {
                 peer,
@@ -271,7 +300,6 @@ impl App {
                 key: Key::from(answer.auth),
             })
         });
-        answer.response
     }
 
     /// Answers a request, without recording it.
@@ -285,6 +313,7 @@ impl App {
             auth,
             client,
             original: None,
+            deferred: None,
         };
         if let Err(problem) = head::validate(req, self.max_header_bytes) {
             let response = match problem {
@@ -333,7 +362,15 @@ impl App {
             .denial(&decided.outcome, head, &self.responses.refusals)
             .unwrap_or_else(|| self.success(route, head));
         limit_headers(&mut response, decided.limit.as_ref());
-        answer(response, index, Some(decided.outcome))
+        let mut answer = answer(response, index, Some(decided.outcome));
+        answer.deferred = decided.pending.map(|pending| {
+            Box::new(Deferred {
+                pending,
+                head,
+                forward: false,
+            })
+        });
+        answer
     }
 
     /// The one turn of an [`Outcome`] into a denial: the response to a
@@ -374,6 +411,7 @@ impl App {
             auth: None,
             client,
             original: None,
+            deferred: None,
         };
         let Some(original) = forward_auth::original(req, route.route.path, self.forward_dialect)
         else {
@@ -398,6 +436,13 @@ impl App {
         limit_headers(&mut answer.response, decided.limit.as_ref());
         answer.auth = Some(decided.outcome);
         answer.original = Some(original);
+        answer.deferred = decided.pending.map(|pending| {
+            Box::new(Deferred {
+                pending,
+                head,
+                forward: true,
+            })
+        });
         answer
     }
 

@@ -244,6 +244,40 @@ pub struct Args {
     )]
     pub forward_auth_headers: ForwardAuthHeaders,
 
+    /// Where the rate= and quota= counters live: memory (this process; lost on restart) or
+    /// redis://[user:password@]host:port[/db] (also rediss://, redis+unix:///path), shared by
+    /// every replica.
+    #[arg(
+        long,
+        env = "TOKENGATE_LIMITS_STORE",
+        default_value = "memory",
+        hide_env_values = true,
+        value_name = "memory|URL"
+    )]
+    pub limits_store: String,
+
+    /// Prefix of the store's keys (one hash per owner, in one Redis Cluster hash slot).
+    #[arg(
+        long,
+        env = "TOKENGATE_LIMITS_STORE_PREFIX",
+        default_value = "tokengate:"
+    )]
+    pub limits_store_prefix: String,
+
+    /// Longest wait for the store per request; past it the store counts as down until a probe
+    /// succeeds.
+    #[arg(long, env = "TOKENGATE_LIMITS_STORE_TIMEOUT", default_value = "50ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub limits_store_timeout: Duration,
+
+    /// While the store is down: local (per-process counters), open (admit) or closed (503).
+    #[arg(
+        long,
+        env = "TOKENGATE_LIMITS_STORE_FAILURE",
+        value_enum,
+        default_value_t = StoreFailure::Local
+    )]
+    pub limits_store_failure: StoreFailure,
+
     /// The PEM private key for --tls-cert.
     #[arg(
         long,
@@ -287,6 +321,8 @@ pub enum LogFormat {
     /// One JSON object per line.
     Json,
 }
+
+use crate::limits::Failure as StoreFailure;
 
 /// `--forward-auth-throttle-status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

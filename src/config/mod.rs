@@ -26,6 +26,7 @@ use crate::gateway::upstream::{Upstream, UpstreamError};
 use crate::gateway::{CaError, GatewayConfig, load_ca, parse_public};
 use crate::keys::ScopeProblem;
 use crate::keys::{KeyError, KeySet, KeySources};
+pub use crate::limits::{Failure as StoreFailure, StoreConfig, StoreUrlError};
 use crate::responses::{InvalidRealm, Realm};
 use crate::server::Limits;
 use crate::throttle::ThrottleConfig;
@@ -97,6 +98,12 @@ pub enum ConfigError {
     /// The realm cannot go into a header.
     #[error("--realm {0:?}: {1}")]
     Realm(String, InvalidRealm),
+    /// `--limits-store` is neither `memory` nor a Redis URL (never shown: it may hold a password).
+    #[error("--limits-store: {0}")]
+    LimitsStore(crate::limits::StoreUrlError),
+    /// A Redis limits store in gateway mode, which does not wait for it yet.
+    #[error("--limits-store: a Redis store is not supported with --upstream yet (use memory)")]
+    LimitsStoreGateway,
 }
 
 /// The gateway settings, when `--upstream` is given.
@@ -189,6 +196,20 @@ impl Config {
         if demo_key && !demo_allowed(args.listen, gateway.is_some()) {
             return Err(ConfigError::NoKey);
         }
+        let limits_store = match args.limits_store.trim() {
+            "memory" => StoreConfig {
+                prefix: args.limits_store_prefix.clone(),
+                ..StoreConfig::memory()
+            },
+            _ if gateway.is_some() => return Err(ConfigError::LimitsStoreGateway),
+            url => StoreConfig::redis(
+                url,
+                &args.limits_store_prefix,
+                args.limits_store_timeout,
+                args.limits_store_failure,
+            )
+            .map_err(ConfigError::LimitsStore)?,
+        };
         let app = AppConfig {
             token_header,
             realm,
@@ -199,6 +220,7 @@ impl Config {
             metrics: args.metrics == Switch::On,
             openapi: args.openapi == Switch::On,
             gateway,
+            limits_store,
             admin_listener: args.admin_listen.is_some(),
             trusted_proxies: TrustedProxies::parse(&args.trusted_proxies)
                 .map_err(ConfigError::TrustedProxies)?
@@ -256,6 +278,53 @@ mod tests {
         let mut argv = vec!["tokengate"];
         argv.extend_from_slice(extra);
         Args::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn limits_store_flags() {
+        let key = Some("a-long-enough-token".into());
+        let c = Config::from_args(&args(&[]), key.clone()).unwrap();
+        assert!(c.app.limits_store.redis.is_none());
+        let c = Config::from_args(
+            &args(&[
+                "--limits-store",
+                "redis://user:hunter2-secret@127.0.0.1:6379/2",
+                "--limits-store-timeout",
+                "20ms",
+                "--limits-store-failure",
+                "closed",
+            ]),
+            key.clone(),
+        )
+        .unwrap();
+        let redis = c.app.limits_store.redis.as_ref().unwrap();
+        assert_eq!(
+            (redis.timeout, redis.failure),
+            (Duration::from_millis(20), crate::limits::Failure::Closed)
+        );
+        // Debug output never shows the URL.
+        assert!(!format!("{:?}", c.app.limits_store).contains("hunter2"));
+        let e = Config::from_args(
+            &args(&["--limits-store", "mysql://u:hunter2@h/db"]),
+            key.clone(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("--limits-store: not a Redis URL"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = Config::from_args(
+            &args(&[
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--limits-store",
+                "redis://127.0.0.1",
+            ]),
+            key,
+        )
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::LimitsStoreGateway), "{e}");
     }
 
     fn temp_file(name: &str, text: &str) -> PathBuf {

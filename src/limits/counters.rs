@@ -33,11 +33,17 @@ struct State {
 /// The limits of one owner, its counters and its `RateLimit-Policy` value.
 #[derive(Debug)]
 pub(crate) struct Limiter {
-    limits: Limits,
-    gcra: Option<Gcra>,
+    pub(super) limits: Limits,
+    pub(super) gcra: Option<Gcra>,
+    /// The counters of the memory store (with Redis: the per-process fallback).
     state: Mutex<State>,
     /// `RateLimit-Policy`, built once.
     policy: HeaderValue,
+    /// The owner's hash in Redis: the prefix and `{owner}` (one hash slot).
+    pub(super) store_key: Box<str>,
+    /// With Redis: until when (the store's monotonic clock, nanoseconds) the
+    /// owner is known to be over a limit, and which; answered without a call.
+    refused_until: Mutex<Option<(u64, LimitKind, Checked)>>,
 }
 
 /// What a limiter says of one request: the decision and the `RateLimit`
@@ -53,7 +59,7 @@ pub(crate) struct Checked {
 }
 
 impl Limiter {
-    fn new(limits: Limits) -> Self {
+    fn new(limits: Limits, store_key: Box<str>) -> Self {
         let mut policy = String::new();
         if let Some(rate) = limits.rate {
             let _ = write!(policy, "\"rate\";q={};w={}", rate.count, rate.window);
@@ -78,6 +84,39 @@ impl Limiter {
             state: Mutex::default(),
             policy: HeaderValue::try_from(policy)
                 .expect("names, digits, quotes and separators make a valid header value"),
+            store_key,
+            refused_until: Mutex::default(),
+        }
+    }
+
+    /// With Redis: the refusal still in force at `mono`, if the owner was
+    /// found over a limit (no call needed until it ends).
+    pub(crate) fn known_refusal(&self, mono: u64) -> Option<Checked> {
+        let cached = self.refused_until.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cached {
+            Some((until, kind, checked)) if mono < *until => {
+                let wait = Duration::from_nanos(until - mono);
+                Some(Checked {
+                    refused: Some((*kind, wait)),
+                    policy: checked.policy.clone(),
+                    remaining: checked.remaining.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// With Redis: remembers a refusal until its wait ends.
+    pub(crate) fn remember(&self, mono: u64, checked: &Checked) {
+        if let Some((kind, wait)) = checked.refused {
+            let until = mono.saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
+            let copy = Checked {
+                refused: checked.refused,
+                policy: checked.policy.clone(),
+                remaining: checked.remaining.clone(),
+            };
+            *self.refused_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((until, kind, copy));
         }
     }
 
@@ -91,16 +130,8 @@ impl Limiter {
             .limits
             .quota
             .map(|q| period::count(q.count, q.period, state.quota, wall));
-        let refused = match (rate, quota) {
-            (Some((Verdict::Refuse { retry }, _)), _) => {
-                Some((LimitKind::Rate, Duration::from_nanos(retry)))
-            }
-            (_, Some((Verdict::Refuse { retry }, _))) => {
-                Some((LimitKind::Quota, Duration::from_secs(retry)))
-            }
-            _ => None,
-        };
-        if refused.is_none() {
+        let checked = self.checked(rate.map(|r| r.0), quota.map(|q| q.0));
+        if checked.refused.is_none() {
             if let Some((_, tat)) = rate {
                 state.tat = tat;
             }
@@ -108,13 +139,28 @@ impl Limiter {
                 state.quota = counted;
             }
         }
-        drop(state);
+        checked
+    }
+
+    /// The decision and the fields for what each limit said of a request
+    /// (a refused rate's wait in nanoseconds, a quota's in seconds); it is
+    /// counted only if none refused.
+    pub(crate) fn checked(&self, rate: Option<Verdict>, quota: Option<Verdict>) -> Checked {
+        let refused = match (rate, quota) {
+            (Some(Verdict::Refuse { retry }), _) => {
+                Some((LimitKind::Rate, Duration::from_nanos(retry)))
+            }
+            (_, Some(Verdict::Refuse { retry })) => {
+                Some((LimitKind::Quota, Duration::from_secs(retry)))
+            }
+            _ => None,
+        };
         let mut remaining = String::new();
         let counted = refused.is_none();
-        if let Some((verdict, _)) = rate {
+        if let Some(verdict) = rate {
             item(&mut remaining, "rate", verdict, counted);
         }
-        if let (Some((verdict, _)), Some(q)) = (quota, self.limits.quota) {
+        if let (Some(verdict), Some(q)) = (quota, self.limits.quota) {
             item(&mut remaining, period_name(q.period), verdict, counted);
         }
         Checked {
@@ -150,19 +196,30 @@ fn period_name(period: Period) -> &'static str {
     }
 }
 
-/// The memory store: every owner's limiter, by owner name.
+/// Every owner's limiter, by owner name (the memory store's counters, and
+/// with Redis the per-process fallback and the cache of refusals).
 #[derive(Debug)]
 pub(crate) struct Counters {
     owners: Mutex<HashMap<Arc<str>, Arc<Limiter>>>,
     /// The zero of the rates' monotonic clock.
     epoch: Instant,
+    /// `--limits-store-prefix`, before each owner's Redis key.
+    prefix: Box<str>,
 }
 
 impl Default for Counters {
     fn default() -> Self {
+        Counters::new("tokengate:")
+    }
+}
+
+impl Counters {
+    /// Counters whose Redis keys start with `prefix`.
+    pub(crate) fn new(prefix: &str) -> Self {
         Counters {
             owners: Mutex::default(),
             epoch: Instant::now(),
+            prefix: prefix.into(),
         }
     }
 }
@@ -188,7 +245,10 @@ impl Counters {
                     .get(owner)
                     .or_else(|| owners.get(owner).filter(|l| l.limits == limits))
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Limiter::new(limits)));
+                    .unwrap_or_else(|| {
+                        let store_key = format!("{}{{{owner}}}", self.prefix);
+                        Arc::new(Limiter::new(limits, store_key.into()))
+                    });
                 kept.insert(owner.clone(), limiter.clone());
                 Some(limiter)
             })

@@ -5,10 +5,74 @@
 
 mod counters;
 pub(crate) mod period;
+mod redis;
 
 pub use counters::LimitKind;
 pub(crate) use counters::{Checked, Counters, Limiter};
 use period::Period;
+pub use redis::{Failure, StoreUrlError};
+pub(crate) use redis::{RedisStore, Stored};
+
+/// Where the counters live (`--limits-store` and its companions).
+#[derive(Clone)]
+pub struct StoreConfig {
+    pub(crate) redis: Option<RedisConfig>,
+    pub(crate) prefix: String,
+}
+
+/// A Redis store's settings (the URL may hold a password: never shown).
+#[derive(Clone)]
+pub(crate) struct RedisConfig {
+    pub(crate) url: zeroize::Zeroizing<String>,
+    pub(crate) timeout: std::time::Duration,
+    pub(crate) failure: Failure,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig::memory()
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field(
+                "redis",
+                &self.redis.as_ref().map(|r| (r.timeout, r.failure)),
+            )
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl StoreConfig {
+    /// Counters in this process (the default).
+    pub fn memory() -> Self {
+        StoreConfig {
+            redis: None,
+            prefix: "tokengate:".to_owned(),
+        }
+    }
+
+    /// Counters in Redis at `url`, keys under `prefix`.
+    pub fn redis(
+        url: &str,
+        prefix: &str,
+        timeout: std::time::Duration,
+        failure: Failure,
+    ) -> Result<Self, StoreUrlError> {
+        redis::validate(url)?;
+        Ok(StoreConfig {
+            redis: Some(RedisConfig {
+                url: zeroize::Zeroizing::new(url.to_owned()),
+                timeout,
+                failure,
+            }),
+            prefix: prefix.to_owned(),
+        })
+    }
+}
 
 /// A rate: `count` requests per `window` seconds, `burst` at once (GCRA).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

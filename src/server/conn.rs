@@ -33,7 +33,7 @@ use super::drive::{drive, until_aborted};
 use super::io::ReadCounter;
 use super::streams::StreamExecutor;
 use super::watchdog::{Activity, ConnectionTable, Entry, bump};
-use crate::app::{App, GatewayService, Step};
+use crate::app::{App, Call, GatewayService, Step};
 use crate::gateway::proxy::ServiceBody;
 use crate::head;
 use crate::metrics::Protocol;
@@ -343,7 +343,8 @@ fn count_request<B>(app: &App, seen: &Activity, req: &Request<B>) {
     bump(&seen.requests);
 }
 
-/// The service of a standalone listener: every answer is prebuilt, at once.
+/// The service of a standalone listener: every answer is prebuilt, at once
+/// (with a Redis limits store, a key with limits after one store call).
 fn standalone_service(
     context: &Arc<Context>,
     activity: &Arc<Activity>,
@@ -352,15 +353,19 @@ fn standalone_service(
     Request<Incoming>,
     Response = Response<crate::responses::Body>,
     Error = Infallible,
-    Future = std::future::Ready<Result<Response<crate::responses::Body>, Infallible>>,
-> + Clone {
+    Future = impl Future<Output = Result<Response<crate::responses::Body>, Infallible>> + Send + use<>,
+> + Clone
++ use<> {
     let app = context.app.clone();
     let seen = activity.clone();
     service_fn(move |req: Request<Incoming>| {
         count_request(&app, &seen, &req);
         // The request (and its body, unread) is dropped here: hyper then
         // closes an HTTP/1 connection whose body was not consumed.
-        std::future::ready(Ok(app.handle(&req, peer_ip)))
+        match app.call(&req, peer_ip) {
+            Call::Ready(response) => future::Either::Left(std::future::ready(Ok(response))),
+            Call::Pending(answer) => future::Either::Right(answer.map(Ok)),
+        }
     })
 }
 

@@ -18,6 +18,7 @@ mod h2abuse;
 mod hostile;
 mod lifecycle;
 mod limits;
+mod limits_redis;
 mod ops;
 mod proxies;
 mod raw;

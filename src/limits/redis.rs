@@ -1,0 +1,216 @@
+//! The Redis store (`--limits-store redis://…`): one script call per
+//! admitted request applies an owner's rate and quota atomically on Redis's
+//! own clock, so every replica counts against the same counters. Each call is
+//! bounded by `--limits-store-timeout`; a failed or late call marks the store
+//! down, and until a probe (`PING`, every [`PROBE_EVERY`]) succeeds requests
+//! follow `--limits-store-failure`: the per-process counters (`local`), admit
+//! (`open`) or 503 (`closed`). No call waits on a store known to be down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tracing::warn;
+
+use super::counters::{Checked, Limiter};
+use super::period::{Period, Verdict};
+
+/// How often a down store is probed.
+pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// At most one WARN a minute about the store.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// `--limits-store-failure`: what requests get while the store is down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Failure {
+    /// Per-process counters until the store is back.
+    Local,
+    /// Admit.
+    Open,
+    /// 503 `{"detail":"Service Unavailable"}` with `retry-after: 1`.
+    Closed,
+}
+
+/// Why the store URL was refused (never the URL itself: it may hold a password).
+#[derive(Debug, thiserror::Error)]
+#[error("not a Redis URL (redis://[user:password@]host:port[/db], rediss://…, redis+unix:///path)")]
+pub struct StoreUrlError;
+
+/// The Redis store.
+pub(crate) struct RedisStore {
+    connection: ConnectionManager,
+    script: redis::Script,
+    timeout: Duration,
+    failure: Failure,
+    up: AtomicBool,
+    /// A probe task is running.
+    probing: AtomicBool,
+    /// When the last WARN was written (milliseconds since `epoch`; 0: never).
+    warned: AtomicU64,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the URL: it may hold a password.
+        f.debug_struct("RedisStore")
+            .field("timeout", &self.timeout)
+            .field("failure", &self.failure)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the store says of one request.
+pub(crate) enum Stored {
+    /// The store decided.
+    Checked(Checked),
+    /// The store is down and `--limits-store-failure closed`: 503.
+    Unavailable,
+}
+
+/// Whether `url` is a Redis URL the client accepts.
+pub(super) fn validate(url: &str) -> Result<(), StoreUrlError> {
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|_| StoreUrlError)
+}
+
+impl RedisStore {
+    /// A store at `url`; connects on first use, and again after a failure.
+    pub(crate) fn new(
+        url: &str,
+        timeout: Duration,
+        failure: Failure,
+    ) -> Result<Self, StoreUrlError> {
+        let client = redis::Client::open(url).map_err(|_| StoreUrlError)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        let connection =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|_| StoreUrlError)?;
+        Ok(RedisStore {
+            connection,
+            script: redis::Script::new(include_str!("limit.lua")),
+            timeout,
+            failure,
+            up: AtomicBool::new(true),
+            probing: AtomicBool::new(false),
+            warned: AtomicU64::new(0),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// Whether the last call (or probe) succeeded.
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// One request against `limiter`'s owner: at most one call, bounded by
+    /// the timeout; `mono`/`wall` are the local clocks for the fallback.
+    pub(crate) async fn check(self: &Arc<Self>, limiter: &Limiter, mono: u64, wall: u64) -> Stored {
+        if self.is_up() {
+            let mut connection = self.connection.clone();
+            let (interval_us, burst) = limiter
+                .gcra
+                .map_or((0, 0), |g| ((g.interval / 1000).max(1), g.burst));
+            let (quota, period) = limiter.limits.quota.map_or((0, 0), |q| {
+                let period = match q.period {
+                    Period::Hour => 1,
+                    Period::Day => 2,
+                    Period::Month => 3,
+                };
+                (q.count, period)
+            });
+            let mut invocation = self.script.key(&*limiter.store_key);
+            invocation
+                .arg(interval_us)
+                .arg(burst)
+                .arg(quota)
+                .arg(period);
+            let call = invocation.invoke_async::<[i64; 7]>(&mut connection);
+            match tokio::time::timeout(self.timeout, call).await {
+                Ok(Ok(answer)) => {
+                    let checked = checked(limiter, answer);
+                    limiter.remember(mono, &checked);
+                    return Stored::Checked(checked);
+                }
+                // The kind only: an error's text can quote the connection.
+                Ok(Err(e)) => self.down(&format!("{:?}", e.kind())),
+                Err(_) => self.down("timed out"),
+            }
+        }
+        match self.failure {
+            Failure::Local => Stored::Checked(limiter.check(mono, wall)),
+            Failure::Open => Stored::Checked(limiter.checked(None, None)),
+            Failure::Closed => Stored::Unavailable,
+        }
+    }
+
+    /// Marks the store down and starts the probe that brings it back.
+    fn down(self: &Arc<Self>, why: &str) {
+        self.up.store(false, Ordering::Relaxed);
+        let now = u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let last = self.warned.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= WARN_EVERY.as_millis() as u64)
+            && self
+                .warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(
+                error = why,
+                failure = ?self.failure,
+                "limits store unreachable: requests follow --limits-store-failure until it answers again"
+            );
+        }
+        if !self.probing.swap(true, Ordering::AcqRel) {
+            let store = Arc::clone(self);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(PROBE_EVERY).await;
+                    let mut connection = store.connection.clone();
+                    let ping = redis::cmd("PING");
+                    let answer = ping.query_async::<String>(&mut connection);
+                    if let Ok(Ok(_)) = tokio::time::timeout(store.timeout, answer).await {
+                        break;
+                    }
+                }
+                store.probing.store(false, Ordering::Release);
+                store.up.store(true, Ordering::Relaxed);
+                tracing::info!("limits store answering again");
+            });
+        }
+    }
+}
+
+/// The script's answer as a decision and its fields.
+fn checked(limiter: &Limiter, a: [i64; 7]) -> Checked {
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    let rate = limiter.gcra.map(|_| {
+        if a[0] == 1 {
+            Verdict::Admit {
+                remaining: n(a[1]),
+                reset: n(a[2]),
+            }
+        } else {
+            Verdict::Refuse {
+                retry: n(a[3]).saturating_mul(1000),
+            }
+        }
+    });
+    let quota = limiter.limits.quota.map(|_| {
+        if a[4] == 1 {
+            Verdict::Admit {
+                remaining: n(a[5]),
+                reset: n(a[6]),
+            }
+        } else {
+            Verdict::Refuse { retry: n(a[6]) }
+        }
+    });
+    limiter.checked(rate, quota)
+}

@@ -1,0 +1,276 @@
+//! Limits shared through a real `redis-server` (`--limits-store`): the
+//! server listens on a Unix socket in the test's directory (no port to
+//! pick), started and stopped by PID here.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use tokengate::config::{StoreConfig, StoreFailure};
+use tokengate::{AppConfig, Limits};
+
+use crate::support::{Proto, Resp, Spawned, TempDir, TestServer, keys_from, send, wait_until};
+
+/// A `redis-server` of the test's own.
+struct Redis {
+    child: Child,
+    socket: PathBuf,
+    password: Option<&'static str>,
+    _dir: TempDir,
+}
+
+impl Redis {
+    async fn start(name: &str, password: Option<&'static str>) -> Option<Redis> {
+        let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let Some(binary) = binary else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not installed: .ci/run installs it"
+            );
+            eprintln!("skipped: redis-server is not installed (CI installs it)");
+            return None;
+        };
+        let dir = TempDir::new(name);
+        let socket = dir.join("redis.sock");
+        let mut cmd = Command::new(binary);
+        cmd.args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&socket)
+            .args(["--unixsocketperm", "700", "--dir"])
+            .arg(&*dir);
+        if let Some(password) = password {
+            cmd.args(["--requirepass", password]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let redis = Redis {
+            child,
+            socket,
+            password,
+            _dir: dir,
+        };
+        let up = wait_until(Duration::from_secs(20), || async {
+            redis.query(&["PING"]).await.is_ok()
+        })
+        .await;
+        assert!(up, "redis-server did not start");
+        Some(redis)
+    }
+
+    fn url(&self) -> String {
+        match self.password {
+            Some(p) => format!("redis+unix://{}?pass={p}", self.socket.display()),
+            None => format!("redis+unix://{}", self.socket.display()),
+        }
+    }
+
+    async fn query(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url())?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query_async(&mut connection).await
+    }
+
+    /// `INFO commandstats`' count of one command's calls that succeeded
+    /// (a NOSCRIPT answer is a failed call).
+    async fn calls(&self, command: &str) -> u64 {
+        let info = match self.query(&["INFO", "commandstats"]).await.unwrap() {
+            redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+            redis::Value::VerbatimString { text, .. } => text,
+            other => panic!("{other:?}"),
+        };
+        let Some(stats) = info
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:")))
+        else {
+            return 0;
+        };
+        let field = |name: &str| -> u64 {
+            stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .map_or(0, |n| n.trim().parse().unwrap())
+        };
+        field("calls") - field("failed_calls")
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn store(redis: &Redis, failure: StoreFailure) -> AppConfig {
+    AppConfig {
+        limits_store: StoreConfig::redis(
+            &redis.url(),
+            "tokengate:test:",
+            // Generous for a loaded machine; the stopped-store test waits for it.
+            Duration::from_millis(500),
+            failure,
+        )
+        .unwrap(),
+        ..AppConfig::default()
+    }
+}
+
+async fn protected(addr: std::net::SocketAddr, token: &str) -> Resp {
+    send(
+        Proto::H1,
+        addr,
+        Method::GET,
+        "/protected",
+        &[("x-token", token)],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn two_processes_share_one_quota_exactly() {
+    let Some(redis) = Redis::start("redis-share", None).await else {
+        return;
+    };
+    let dir = TempDir::new("redis-share-keys");
+    let file = dir.join("keys");
+    std::fs::write(&file, "shared-key-000001 shared quota=5/day\n").unwrap();
+    let url = redis.url();
+    let args = [
+        "--token-file",
+        file.to_str().unwrap(),
+        "--limits-store",
+        &url,
+    ];
+    let a = Spawned::start(&args, &[]).await;
+    let b = Spawned::start(&args, &[]).await;
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let addr = if i % 2 == 0 { a.addr } else { b.addr };
+        statuses.push(protected(addr, "shared-key-000001").await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429, 429, 429]);
+    // One script call per admitted request, plus each process's first
+    // refusal; later refusals come from the process's own cache.
+    let calls = redis.calls("evalsha").await + redis.calls("eval").await;
+    assert_eq!(calls, 7, "store calls");
+    // The URL (it may carry a password) never reaches the log.
+    assert!(!a.log().contains("redis.sock"), "{}", a.log());
+}
+
+#[tokio::test]
+async fn a_restart_keeps_the_count_and_a_flushed_script_is_loaded_again() {
+    let Some(redis) = Redis::start("redis-restart", Some("s3cret-redis-pass")).await else {
+        return;
+    };
+    let keys = "restart-key-00001 r quota=3/day\n";
+    let first = TestServer::with(
+        keys_from(keys),
+        store(&redis, StoreFailure::Closed),
+        Limits::default(),
+    )
+    .await;
+    assert_eq!(
+        protected(first.addr, "restart-key-00001").await.status,
+        StatusCode::OK
+    );
+    drop(first);
+    // A new server (another replica, or this one restarted) and a Redis
+    // that forgot the script (SCRIPT FLUSH: NOSCRIPT, loaded again).
+    redis.query(&["SCRIPT", "FLUSH"]).await.unwrap();
+    let second = TestServer::with(
+        keys_from(keys),
+        store(&redis, StoreFailure::Closed),
+        Limits::default(),
+    )
+    .await;
+    let ok = protected(second.addr, "restart-key-00001").await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert!(
+        ok.header("ratelimit")
+            .unwrap()
+            .starts_with(r#""day";r=1;t="#),
+        "{ok:?}"
+    );
+    assert_eq!(
+        protected(second.addr, "restart-key-00001").await.status,
+        StatusCode::OK
+    );
+    let over = protected(second.addr, "restart-key-00001").await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(over.header("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn a_stopped_store_follows_the_failure_policy_and_comes_back() {
+    let Some(redis) = Redis::start("redis-stopped", None).await else {
+        return;
+    };
+    let keys = "stop-key-00000001 s rate=1000/s\n";
+    let local = TestServer::with(
+        keys_from(keys),
+        store(&redis, StoreFailure::Local),
+        Limits::default(),
+    )
+    .await;
+    let open = TestServer::with(
+        keys_from(keys),
+        store(&redis, StoreFailure::Open),
+        Limits::default(),
+    )
+    .await;
+    let closed = TestServer::with(
+        keys_from(keys),
+        store(&redis, StoreFailure::Closed),
+        Limits::default(),
+    )
+    .await;
+    for server in [&local, &open, &closed] {
+        assert_eq!(
+            protected(server.addr, "stop-key-00000001").await.status,
+            StatusCode::OK
+        );
+    }
+    // A hung store: every answer comes after at most the timeout, then at
+    // once while the store is down.
+    redis.signal("-STOP");
+    let l = protected(local.addr, "stop-key-00000001").await;
+    assert_eq!(
+        l.status,
+        StatusCode::OK,
+        "local: the process's own counters"
+    );
+    assert!(l.header("ratelimit").is_some());
+    let o = protected(open.addr, "stop-key-00000001").await;
+    assert_eq!(o.status, StatusCode::OK, "open: admitted");
+    let c = protected(closed.addr, "stop-key-00000001").await;
+    assert_eq!(c.status, StatusCode::SERVICE_UNAVAILABLE, "closed");
+    assert_eq!(c.text(), r#"{"detail":"Service Unavailable"}"#);
+    assert_eq!(c.header("retry-after"), Some("1"));
+    // Keys without limits never wait for the store.
+    redis.signal("-CONT");
+    // Back: the probe finds the store and requests count there again.
+    let back = wait_until(Duration::from_secs(30), || async {
+        protected(closed.addr, "stop-key-00000001").await.status == StatusCode::OK
+    })
+    .await;
+    assert!(back, "the closed server never used the store again");
+}
