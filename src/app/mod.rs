@@ -2,6 +2,7 @@
 //! head limits, route match, guard, response — and around it the timing,
 //! the metrics and the access log.
 
+mod config;
 mod deferred;
 mod gateway;
 mod record;
@@ -10,25 +11,24 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderName, Method, Request, Response, StatusCode};
+use http::{HeaderName, Method, Request, Response};
 
 use crate::client::TrustedProxies;
 use crate::forward_auth::{self, Original};
-use crate::gateway::GatewayConfig;
 use crate::gateway::proxy::Gateway;
 use crate::guard::Guard;
 use crate::head::{self, HeadProblem};
 use crate::keys::KeySet;
 use crate::keys::Outcome;
 use crate::lifecycle::{Lifecycle, Phase};
-use crate::limits::{Checked, LimitKind, StoreConfig};
+use crate::limits::{Checked, LimitKind};
 use crate::metrics::{DroppedSource, Metrics};
 use crate::openapi;
-use crate::responses::{self, Body, Realm, Refusals, Responses};
+use crate::responses::{self, Body, Refusals, Responses};
 use crate::routes::{
     Access, Compiled, Handler, Match, ROUTES, Route, RouteIndex, Router, RouterOptions,
 };
-use crate::throttle::ThrottleConfig;
+pub use config::AppConfig;
 pub(crate) use deferred::Call;
 use deferred::Deferred;
 pub(crate) use gateway::{GatewayService, Step};
@@ -51,61 +51,6 @@ const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// The `route` label of requests passed on to the upstream.
 pub(crate) const UPSTREAM_LABEL: &str = "upstream";
-
-/// Settings of the application that are not keys.
-#[derive(Clone, Debug)]
-pub struct AppConfig {
-    /// The header that carries the token (default `x-token`).
-    pub token_header: HeaderName,
-    /// The realm in `WWW-Authenticate` (default `tokengate`).
-    pub realm: Realm,
-    /// Most bytes of header fields (name + value + 4 each) in a request (431 past it).
-    pub max_header_bytes: usize,
-    /// The failed-credential limit; `None` disables throttling.
-    pub throttle: Option<ThrottleConfig>,
-    /// Serve `/metrics` without a key.
-    pub metrics_public: bool,
-    /// Emit one `tokengate::access` event per request.
-    pub access_log: bool,
-    /// Record metrics and serve `/metrics` (`--metrics off` turns both off).
-    pub metrics: bool,
-    /// `--trusted-proxies`: peers whose `X-Forwarded-For`/`X-Real-IP` are believed.
-    pub trusted_proxies: TrustedProxies,
-    /// `--forward-auth-throttle-status`: 403 (default) or 429.
-    pub forward_auth_throttle_status: StatusCode,
-    /// `--forward-auth-headers`: which fields describe the original request.
-    pub forward_auth_dialect: forward_auth::Dialect,
-    /// Serve `/openapi.json` (`--openapi off` removes it).
-    pub openapi: bool,
-    /// Gateway mode (`--upstream`): pass requests on to this service.
-    pub gateway: Option<GatewayConfig>,
-    /// Where the `rate=` and `quota=` counters live (`--limits-store`).
-    pub limits_store: StoreConfig,
-    /// Gateway mode with `--admin-listen`: tokengate's own routes are served
-    /// on that listener only, and the main listener passes every path on.
-    pub admin_listener: bool,
-}
-
-impl Default for AppConfig {
-    fn default() -> Self {
-        AppConfig {
-            token_header: HeaderName::from_static("x-token"),
-            realm: Realm::default(),
-            max_header_bytes: head::DEFAULT_MAX_HEADER_BYTES,
-            throttle: Some(ThrottleConfig::default()),
-            metrics_public: false,
-            access_log: false,
-            metrics: true,
-            trusted_proxies: TrustedProxies::default(),
-            forward_auth_throttle_status: StatusCode::FORBIDDEN,
-            forward_auth_dialect: forward_auth::Dialect::Auto,
-            openapi: true,
-            gateway: None,
-            limits_store: StoreConfig::memory(),
-            admin_listener: false,
-        }
-    }
-}
 
 /// A request's answer, and what the metrics and the access log need of it.
 #[derive(Debug)]

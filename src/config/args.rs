@@ -245,7 +245,7 @@ pub struct Args {
     pub forward_auth_headers: ForwardAuthHeaders,
 
     /// Where the rate= and quota= counters live: memory (this process; lost on restart) or
-    /// redis://[user:password@]host:port[/db] (also rediss://, redis+unix:///path), shared by
+    /// `redis://[user:password@]host:port[/db]` (also `rediss://`, `redis+unix:///path`), shared by
     /// every replica.
     #[arg(
         long,
