@@ -9,15 +9,19 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{HeaderValue, Method, Request, Response, Version};
+use http_body_util::Either;
 use hyper::body::Incoming;
 
-use super::App;
 use super::record::{Key, Line};
+use super::{App, Call};
 use crate::gateway::headers::Peer;
 use crate::gateway::proxy::{Forward, Gateway, ServiceBody};
 use crate::gateway::sending::{Answered, Sending};
+use crate::guard::Pending;
 use crate::head;
-use crate::limits::Checked;
+use crate::keys::Outcome;
+use crate::limits::{Checked, Stored};
+use crate::responses;
 use crate::responses::Body;
 use crate::routes::Match;
 
@@ -27,6 +31,20 @@ pub(crate) enum Step {
     Respond(Response<Body>),
     /// It goes to the upstream.
     Forward(Forward),
+    /// tokengate answers it once the limits store counted the key (one of
+    /// tokengate's own routes).
+    Later(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+    /// It goes to the upstream if the limits store admits it.
+    Ask(Box<Ask>),
+}
+
+/// A proxied request whose key the limits store must count first.
+pub(crate) struct Ask {
+    pending: Pending,
+    forward: Forward,
+    /// The key's decision before the store's.
+    outcome: Outcome,
+    head: bool,
 }
 
 /// The application and the gateway of a listener that passes requests on.
@@ -51,7 +69,10 @@ impl GatewayService {
         if head::validate(req, app.max_header_bytes).is_err()
             || (!app.admin_listener && matches!(app.router.find(req), Match::Route(_)))
         {
-            return Step::Respond(app.handle(req, peer.ip));
+            return match self.app.call(req, peer.ip) {
+                Call::Ready(response) => Step::Respond(response),
+                Call::Pending(later) => Step::Later(later),
+            };
         }
         let start = Instant::now();
         let head = req.method() == Method::HEAD;
@@ -91,11 +112,14 @@ impl GatewayService {
             .guard
             .decide(req.headers(), client, req.method(), &path, metrics);
         if let Some(pending) = decided.pending.take() {
-            // The gateway does not wait for a Redis store (the configuration
-            // refuses the pair): the process's own counters decide.
-            let checked = pending.local();
-            decided.outcome = app.guard.settle(decided.outcome, Some(&checked), metrics);
-            decided.limit = Some(checked);
+            // A Redis store counts the key before the request goes on.
+            let forward = forward(decided.key().map(|k| k.label_value().clone()));
+            return Step::Ask(Box::new(Ask {
+                pending,
+                forward,
+                outcome: decided.outcome,
+                head,
+            }));
         }
         match app.denial(&decided.outcome, head, &app.responses.refusals) {
             Some(response) => {
@@ -110,6 +134,65 @@ impl GatewayService {
                 forward.limit = decided.limit.map(Box::new);
                 Step::Forward(forward)
             }
+        }
+    }
+
+    /// A proxied request once the limits store answered: passed on if
+    /// admitted, else tokengate's refusal (recorded like a denial).
+    pub(crate) async fn after_store(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        ask: Ask,
+        peer: Peer,
+    ) -> Response<ServiceBody> {
+        let Ask {
+            pending,
+            mut forward,
+            outcome,
+            head,
+        } = ask;
+        let stored = pending.ask().await;
+        let app = &*self.app;
+        let metrics = app.metrics_on.then_some(&app.metrics);
+        let response = match stored {
+            Stored::Unavailable => {
+                app.guard.settle(outcome, None, metrics);
+                Some(responses::with_retry_after(
+                    app.responses.unavailable.respond(head),
+                    std::time::Duration::from_secs(1),
+                ))
+            }
+            Stored::Checked(checked) => {
+                let outcome = app.guard.settle(outcome, Some(&checked), metrics);
+                match app.denial(&outcome, head, &app.responses.refusals) {
+                    Some(mut denied) => {
+                        super::limit_headers(&mut denied, Some(&checked));
+                        Some(denied)
+                    }
+                    None => {
+                        forward.limit = Some(Box::new(checked));
+                        None
+                    }
+                }
+            }
+        };
+        match response {
+            Some(response) => {
+                app.record(app.other, &response, forward.start.elapsed(), || {
+                    Some(Line {
+                        peer: peer.ip,
+                        client: forward.client,
+                        upstream: false,
+                        original: None,
+                        method: req.method(),
+                        path: req.uri().path(),
+                        version: req.version(),
+                        key: Key::None,
+                    })
+                });
+                response.map(Either::Left)
+            }
+            None => self.forward(req, forward, &peer).await,
         }
     }
 

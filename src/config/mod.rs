@@ -101,9 +101,6 @@ pub enum ConfigError {
     /// `--limits-store` is neither `memory` nor a Redis URL (never shown: it may hold a password).
     #[error("--limits-store: {0}")]
     LimitsStore(crate::limits::StoreUrlError),
-    /// A Redis limits store in gateway mode, which does not wait for it yet.
-    #[error("--limits-store: a Redis store is not supported with --upstream yet (use memory)")]
-    LimitsStoreGateway,
 }
 
 /// The gateway settings, when `--upstream` is given.
@@ -201,7 +198,6 @@ impl Config {
                 prefix: args.limits_store_prefix.clone(),
                 ..StoreConfig::memory()
             },
-            _ if gateway.is_some() => return Err(ConfigError::LimitsStoreGateway),
             url => StoreConfig::redis(
                 url,
                 &args.limits_store_prefix,
@@ -314,7 +310,8 @@ mod tests {
             "{e}"
         );
         assert!(!e.to_string().contains("hunter2"), "{e}");
-        let e = Config::from_args(
+        // Gateway mode waits for the store too.
+        let c = Config::from_args(
             &args(&[
                 "--upstream",
                 "http://127.0.0.1:9",
@@ -323,8 +320,8 @@ mod tests {
             ]),
             key,
         )
-        .unwrap_err();
-        assert!(matches!(e, ConfigError::LimitsStoreGateway), "{e}");
+        .unwrap();
+        assert!(c.app.limits_store.redis.is_some());
     }
 
     fn temp_file(name: &str, text: &str) -> PathBuf {

@@ -10,6 +10,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
@@ -369,6 +370,9 @@ fn standalone_service(
     })
 }
 
+/// A gateway answer that waits for the limits store.
+type Waiting = Pin<Box<dyn Future<Output = Result<Response<ServiceBody>, Infallible>> + Send>>;
+
 /// The service of a gateway listener: tokengate's own answers, or the
 /// upstream's, streamed.
 fn gateway_service(
@@ -392,9 +396,20 @@ fn gateway_service(
             Step::Respond(response) => {
                 future::Either::Left(std::future::ready(Ok(response.map(Either::Left))))
             }
-            Step::Forward(forward) => {
-                future::Either::Right(gateway.forward(req, forward, &peer).map(Ok))
-            }
+            Step::Forward(forward) => future::Either::Right(future::Either::Left(
+                gateway.forward(req, forward, &peer).map(Ok),
+            )),
+            // A limits store counts the key first (boxed: only then).
+            Step::Later(answer) => future::Either::Right(future::Either::Right(Box::pin(
+                answer.map(|r| Ok(r.map(Either::Left))),
+            )
+                as Waiting)),
+            Step::Ask(ask) => future::Either::Right(future::Either::Right(Box::pin(
+                Arc::clone(&gateway)
+                    .after_store(req, *ask, peer.clone())
+                    .map(Ok),
+            )
+                as Waiting)),
         }
     })
 }

@@ -274,3 +274,52 @@ async fn a_stopped_store_follows_the_failure_policy_and_comes_back() {
     .await;
     assert!(back, "the closed server never used the store again");
 }
+
+#[tokio::test]
+async fn the_gateway_asks_the_store_before_the_upstream() {
+    let Some(redis) = Redis::start("redis-gateway", None).await else {
+        return;
+    };
+    let (upstream, up) = {
+        let up = crate::gateway::Upstream_::default();
+        (up.start().await, up)
+    };
+    let config = AppConfig {
+        limits_store: store(&redis, StoreFailure::Closed).limits_store,
+        ..crate::gateway::gateway_config(upstream, Duration::from_secs(30))
+    };
+    let server = TestServer::with(
+        keys_from("gateway-key-00001 g quota=2/day\nverify-key-000001 v quota=1/day\n"),
+        config,
+        Limits::default(),
+    )
+    .await;
+    for left in [1, 0] {
+        let r = protected(server.addr, "gateway-key-00001").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(
+            r.header("ratelimit")
+                .unwrap()
+                .starts_with(&format!("\"day\";r={left};"))
+        );
+    }
+    let over = protected(server.addr, "gateway-key-00001").await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(up.count(), 2, "the refused request reached the upstream");
+    // tokengate's own /auth/verify on the gateway's listener waits for the store too.
+    let verify = || {
+        send(
+            Proto::H1,
+            server.addr,
+            Method::GET,
+            "/auth/verify",
+            &[
+                ("x-token", "verify-key-000001"),
+                ("x-original-uri", "/x"),
+                ("x-original-method", "GET"),
+            ],
+        )
+    };
+    assert_eq!(verify().await.status, StatusCode::OK);
+    assert_eq!(verify().await.status, StatusCode::FORBIDDEN);
+}
