@@ -323,3 +323,46 @@ async fn the_gateway_asks_the_store_before_the_upstream() {
     assert_eq!(verify().await.status, StatusCode::OK);
     assert_eq!(verify().await.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn the_store_password_is_never_logged() {
+    let Some(redis) = Redis::start("redis-secret", Some("hunter2-store-pass")).await else {
+        return;
+    };
+    let dir = TempDir::new("redis-secret-keys");
+    let file = dir.join("keys");
+    std::fs::write(&file, "secret-key-000001 s rate=100/s\n").unwrap();
+    let url = redis.url();
+    let server = Spawned::start(
+        &[
+            "--token-file",
+            file.to_str().unwrap(),
+            "--limits-store-timeout",
+            "300ms",
+        ],
+        &[("TOKENGATE_LIMITS_STORE", &url), ("RUST_LOG", "debug")],
+    )
+    .await;
+    assert_eq!(
+        protected(server.addr, "secret-key-000001").await.status,
+        StatusCode::OK
+    );
+    // The store goes away: the WARN names the failure, not the store.
+    drop(redis);
+    assert_eq!(
+        protected(server.addr, "secret-key-000001").await.status,
+        StatusCode::OK
+    );
+    server.wait_for_log("limits store unreachable").await;
+    let metrics = send(
+        Proto::H1,
+        server.addr,
+        Method::GET,
+        "/metrics",
+        &[("x-token", "secret-key-000001")],
+    )
+    .await;
+    for text in [server.log(), metrics.text().to_owned()] {
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}
