@@ -95,7 +95,7 @@ impl Guard {
         let counters = Counters::new(&store.prefix);
         let redis = store.redis.as_ref().map(|r| {
             Arc::new(
-                RedisStore::new(&r.url, r.timeout, r.failure)
+                RedisStore::new(&r.url, r.timeout, r.failure, metrics.store().cloned())
                     .expect("the URL was validated with the configuration"),
             )
         });

@@ -126,7 +126,11 @@ impl App {
             // Requests passed on to the upstream (gateway mode).
             labels.push(UPSTREAM_LABEL);
         }
-        let metrics = Metrics::new(&labels, access_log_dropped);
+        let metrics = Metrics::new(
+            &labels,
+            access_log_dropped,
+            config.limits_store.redis.is_some(),
+        );
         let openapi = config.openapi.then(|| {
             openapi::Lazy::new(
                 table,

@@ -15,6 +15,7 @@ use tracing::warn;
 
 use super::counters::{Checked, Limiter};
 use super::period::{Period, Verdict};
+use crate::metrics::StoreMetrics;
 
 /// How often a down store is probed.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(500);
@@ -49,6 +50,7 @@ pub(crate) struct RedisStore {
     /// When the last WARN was written (milliseconds since `epoch`; 0: never).
     warned: AtomicU64,
     epoch: Instant,
+    metrics: Option<StoreMetrics>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -82,6 +84,7 @@ impl RedisStore {
         url: &str,
         timeout: Duration,
         failure: Failure,
+        metrics: Option<StoreMetrics>,
     ) -> Result<Self, StoreUrlError> {
         let client = redis::Client::open(url).map_err(|_| StoreUrlError)?;
         let config = ConnectionManagerConfig::new()
@@ -99,6 +102,7 @@ impl RedisStore {
             probing: AtomicBool::new(false),
             warned: AtomicU64::new(0),
             epoch: Instant::now(),
+            metrics,
         })
     }
 
@@ -130,15 +134,21 @@ impl RedisStore {
                 .arg(quota)
                 .arg(period);
             let call = invocation.invoke_async::<[i64; 7]>(&mut connection);
+            let started = Instant::now();
             match tokio::time::timeout(self.timeout, call).await {
                 Ok(Ok(answer)) => {
+                    if let Some(m) = &self.metrics {
+                        m.calls[0].inc();
+                        m.duration.observe(started.elapsed().as_secs_f64());
+                    }
                     let checked = checked(limiter, answer);
                     limiter.remember(mono, &checked);
                     return Stored::Checked(checked);
                 }
                 // The kind only: an error's text can quote the connection.
-                Ok(Err(e)) => self.down(&format!("{:?}", e.kind())),
-                Err(_) => self.down("timed out"),
+                Ok(Err(e)) if e.is_timeout() => self.down(2, "timed out"),
+                Ok(Err(e)) => self.down(1, &format!("{:?}", e.kind())),
+                Err(_) => self.down(2, "timed out"),
             }
         }
         match self.failure {
@@ -148,9 +158,14 @@ impl RedisStore {
         }
     }
 
-    /// Marks the store down and starts the probe that brings it back.
-    fn down(self: &Arc<Self>, why: &str) {
+    /// Marks the store down (`result`: the calls series, 1 error, 2
+    /// timeout) and starts the probe that brings it back.
+    fn down(self: &Arc<Self>, result: usize, why: &str) {
         self.up.store(false, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.calls[result].inc();
+            m.up.set(0);
+        }
         let now = u64::try_from(self.epoch.elapsed().as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
@@ -181,6 +196,9 @@ impl RedisStore {
                 }
                 store.probing.store(false, Ordering::Release);
                 store.up.store(true, Ordering::Relaxed);
+                if let Some(m) = &store.metrics {
+                    m.up.set(1);
+                }
                 tracing::info!("limits store answering again");
             });
         }

@@ -31,6 +31,50 @@ mod labels;
 /// Reads the access-log writer's count of dropped lines.
 pub type DroppedSource = Arc<dyn Fn() -> u64 + Send + Sync>;
 
+/// The limits store's series (with `--limits-store redis://…` only).
+#[derive(Clone, Debug)]
+pub(crate) struct StoreMetrics {
+    /// 1 while calls succeed, 0 from a failure until a probe answers.
+    pub(crate) up: Gauge,
+    /// Calls by result: `ok`, `error`, `timeout`.
+    pub(crate) calls: [Counter; 3],
+    /// Time a call took (successful ones).
+    pub(crate) duration: Histogram,
+}
+
+impl StoreMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let up = Gauge::default();
+        up.set(1);
+        registry.register(
+            "limits_store_up",
+            "Whether the limits store answers (0: requests follow --limits-store-failure)",
+            up.clone(),
+        );
+        let calls_family = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "limits_store_calls",
+            "Calls to the limits store, by result (ok, error, timeout)",
+            calls_family.clone(),
+        );
+        let calls = ["ok", "error", "timeout"]
+            .map(|result| calls_family.get_or_create_owned(&ResultLabel { result }));
+        let duration = Histogram::new([
+            0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+        ]);
+        registry.register(
+            "limits_store_duration_seconds",
+            "Time a successful limits-store call took",
+            duration.clone(),
+        );
+        StoreMetrics {
+            up,
+            calls,
+            duration,
+        }
+    }
+}
+
 /// A key's own series of `tokengate_auth_total`, resolved at each key load.
 #[derive(Clone, Debug)]
 pub(crate) struct KeyCounters {
@@ -65,6 +109,8 @@ pub enum Protocol {
 /// All metrics of one server.
 pub struct Metrics {
     registry: Registry,
+    /// With a Redis limits store.
+    store: Option<StoreMetrics>,
     /// `[route][status]`; the last status column is `other`, the last route `other`.
     requests: Vec<Counter>,
     durations: Vec<Histogram>,
@@ -125,8 +171,9 @@ impl Metrics {
     /// `route_labels` are the route table's labels, `other` last; `dropped`
     /// reads the access log's dropped lines (absent without `--access-log`:
     /// the counter then reads 0).
-    pub fn new(route_labels: &[&'static str], dropped: Option<DroppedSource>) -> Self {
+    pub fn new(route_labels: &[&'static str], dropped: Option<DroppedSource>, store: bool) -> Self {
         let mut registry = Registry::with_prefix("tokengate");
+        let store = store.then(|| StoreMetrics::register(&mut registry));
 
         let requests_family = Family::<RouteStatus, Counter>::default();
         registry.register(
@@ -254,6 +301,7 @@ impl Metrics {
 
         Metrics {
             registry,
+            store,
             requests,
             durations,
             auth_family,
@@ -277,6 +325,11 @@ impl Metrics {
     }
 
     /// Resolves the `ok` counter of every key (at start-up and on reload).
+    /// The limits store's series (with a Redis store only).
+    pub(crate) fn store(&self) -> Option<&StoreMetrics> {
+        self.store.as_ref()
+    }
+
     pub(crate) fn key_counters(&self, keys: &KeySet) -> Vec<KeyCounters> {
         self.keys_loaded
             .set(i64::try_from(keys.len()).unwrap_or(i64::MAX));
@@ -424,6 +477,7 @@ mod tests {
         let m = Metrics::new(
             &crate::routes::Router::labels(crate::routes::ROUTES),
             Some(Arc::new(|| 7)),
+            true,
         );
         let mut keys = KeySet::new();
         keys.insert(Key::new(Digest::of(b"a"), "ci-bot", KeySource::Env))

@@ -224,7 +224,8 @@ async fn a_stopped_store_follows_the_failure_policy_and_comes_back() {
     let Some(redis) = Redis::start("redis-stopped", None).await else {
         return;
     };
-    let keys = "stop-key-00000001 s rate=1000/s\n";
+    // A key without limits for /metrics: it never waits for the store.
+    let keys = "stop-key-00000001 s rate=1000/s\nmetrics-key-00001 m\n";
     let local = TestServer::with(
         keys_from(keys),
         store(&redis, StoreFailure::Local),
@@ -265,7 +266,24 @@ async fn a_stopped_store_follows_the_failure_policy_and_comes_back() {
     assert_eq!(c.status, StatusCode::SERVICE_UNAVAILABLE, "closed");
     assert_eq!(c.text(), r#"{"detail":"Service Unavailable"}"#);
     assert_eq!(c.header("retry-after"), Some("1"));
-    // Keys without limits never wait for the store.
+    let metrics = |addr| async move {
+        send(
+            Proto::H1,
+            addr,
+            Method::GET,
+            "/metrics",
+            &[("x-token", "metrics-key-00001")],
+        )
+        .await
+        .text()
+        .to_owned()
+    };
+    let down = metrics(closed.addr).await;
+    assert!(down.contains("tokengate_limits_store_up 0"), "{down}");
+    assert!(
+        down.contains(r#"tokengate_limits_store_calls_total{result="timeout"} 1"#),
+        "{down}"
+    );
     redis.signal("-CONT");
     // Back: the probe finds the store and requests count there again.
     let back = wait_until(Duration::from_secs(30), || async {
@@ -273,6 +291,11 @@ async fn a_stopped_store_follows_the_failure_policy_and_comes_back() {
     })
     .await;
     assert!(back, "the closed server never used the store again");
+    assert!(
+        metrics(closed.addr)
+            .await
+            .contains("tokengate_limits_store_up 1")
+    );
 }
 
 #[tokio::test]
