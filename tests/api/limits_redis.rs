@@ -17,7 +17,8 @@ struct Redis {
     child: Child,
     socket: PathBuf,
     password: Option<&'static str>,
-    _dir: TempDir,
+    binary: &'static str,
+    dir: TempDir,
 }
 
 impl Redis {
@@ -35,33 +36,56 @@ impl Redis {
         };
         let dir = TempDir::new(name);
         let socket = dir.join("redis.sock");
-        let mut cmd = Command::new(binary);
-        cmd.args(["--port", "0", "--save", "", "--appendonly", "no"])
-            .arg("--unixsocket")
-            .arg(&socket)
-            .args(["--unixsocketperm", "700", "--dir"])
-            .arg(&*dir);
-        if let Some(password) = password {
-            cmd.args(["--requirepass", password]);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = Redis::spawn(binary, &dir, &socket, password);
         let redis = Redis {
             child,
             socket,
             password,
-            _dir: dir,
+            binary,
+            dir,
         };
+        redis.wait_up().await;
+        Some(redis)
+    }
+
+    fn spawn(
+        binary: &str,
+        dir: &std::path::Path,
+        socket: &std::path::Path,
+        password: Option<&str>,
+    ) -> Child {
+        let mut cmd = Command::new(binary);
+        cmd.args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(socket)
+            .args(["--unixsocketperm", "700", "--dir"])
+            .arg(dir);
+        if let Some(password) = password {
+            cmd.args(["--requirepass", password]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    async fn wait_up(&self) {
         let up = wait_until(Duration::from_secs(20), || async {
-            redis.query(&["PING"]).await.is_ok()
+            self.query(&["PING"]).await.is_ok()
         })
         .await;
         assert!(up, "redis-server did not start");
-        Some(redis)
+    }
+
+    /// Kills the server (its data is gone: no persistence) and starts a
+    /// new one on the same socket.
+    async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = Redis::spawn(self.binary, &self.dir, &self.socket, self.password);
+        self.wait_up().await;
     }
 
     fn url(&self) -> String {
@@ -388,4 +412,59 @@ async fn the_store_password_is_never_logged() {
     for text in [server.log(), metrics.text().to_owned()] {
         assert!(!text.contains("hunter2"), "{text}");
     }
+}
+
+#[tokio::test]
+async fn a_killed_store_is_reconnected_under_each_policy() {
+    let Some(mut redis) = Redis::start("redis-killed", None).await else {
+        return;
+    };
+    let keys = "kill-key-00000001 k quota=100/day\n";
+    let servers = [
+        StoreFailure::Local,
+        StoreFailure::Open,
+        StoreFailure::Closed,
+    ];
+    let mut started = Vec::new();
+    for failure in servers {
+        started.push(
+            TestServer::with(keys_from(keys), store(&redis, failure), Limits::default()).await,
+        );
+    }
+    for server in &started {
+        let r = protected(server.addr, "kill-key-00000001").await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    // Killed: a refused connection, not a hang. Each policy answers at once.
+    let _ = redis.child.kill();
+    let _ = redis.child.wait();
+    let during: Vec<u16> = {
+        let mut v = Vec::new();
+        for server in &started {
+            v.push(
+                protected(server.addr, "kill-key-00000001")
+                    .await
+                    .status
+                    .as_u16(),
+            );
+        }
+        v
+    };
+    assert_eq!(during, [200, 200, 503]);
+    // A new Redis on the same socket, empty: every server reconnects by itself.
+    redis.restart().await;
+    for server in &started {
+        let back = wait_until(Duration::from_secs(30), || async {
+            let r = protected(server.addr, "kill-key-00000001").await;
+            // Counted by the new store: 99 left of its fresh day.
+            r.status == StatusCode::OK && r.header("ratelimit").is_some_and(|v| v.contains(";r=9"))
+        })
+        .await;
+        assert!(back, "a server never counted in the new store");
+    }
+    let used = redis
+        .query(&["HGET", "tokengate:test:{k}", "qu"])
+        .await
+        .unwrap();
+    assert!(matches!(used, redis::Value::BulkString(_)), "{used:?}");
 }
