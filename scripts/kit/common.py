@@ -209,6 +209,20 @@ class Proc:
         return m.group(1).decode() if m else None
 
 
+def wait_for(condition, seconds):
+    """Polls `condition` (a few times a second) until it holds; fails after `seconds`."""
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (OSError, subprocess.SubprocessError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"not ready within {seconds} s")
+
+
 def pins(no_pin=False):
     """(server cores, load-generator cores) for taskset on a machine of 2 to 8 cores, else
     (None, None): servers on core 0, the load generator on the others."""
