@@ -1,5 +1,5 @@
-//! Tests that wait for a real-time window: a header, idle, handshake, upstream
-//! or drain timeout must run out (or must not have run out yet) for them to
+//! Tests that wait for a real-time window: a header, idle, handshake, upstream,
+//! drain or limits-store timeout must run out (or must not have run out yet) for them to
 //! pass. Gathered here so that `scripts/flake-check N timing::` can run just
 //! them, many times, on a loaded machine. Each section keeps its original
 //! module's helpers.
@@ -513,5 +513,150 @@ mod gateway_streaming {
         assert_eq!(outcome, Some(tokengate::Stopped::DeadlineReached(1)));
         let closed = crate::support::closed_within(&mut stream, Duration::from_secs(30)).await;
         assert!(closed.is_some(), "the tunnel outlived the drain");
+    }
+}
+
+mod limits_redis {
+
+    use crate::limits_redis::*;
+    use crate::support::{Proto, TestServer, keys_from, send, wait_until};
+    use http::{Method, StatusCode};
+    use std::time::Duration;
+    use tokengate::Limits;
+    use tokengate::config::StoreFailure;
+
+    #[tokio::test]
+    async fn a_stopped_store_follows_the_failure_policy_and_comes_back() {
+        let Some(redis) = Redis::start("redis-stopped", None).await else {
+            return;
+        };
+        // A key without limits for /metrics: it never waits for the store.
+        let keys = "stop-key-00000001 s rate=1000/s\nmetrics-key-00001 m\n";
+        let local = TestServer::with(
+            keys_from(keys),
+            store(&redis, StoreFailure::Local),
+            Limits::default(),
+        )
+        .await;
+        let open = TestServer::with(
+            keys_from(keys),
+            store(&redis, StoreFailure::Open),
+            Limits::default(),
+        )
+        .await;
+        let closed = TestServer::with(
+            keys_from(keys),
+            store(&redis, StoreFailure::Closed),
+            Limits::default(),
+        )
+        .await;
+        for server in [&local, &open, &closed] {
+            assert_eq!(
+                protected(server.addr, "stop-key-00000001").await.status,
+                StatusCode::OK
+            );
+        }
+        // A hung store: every answer comes after at most the timeout, then at
+        // once while the store is down.
+        redis.signal("-STOP");
+        let l = protected(local.addr, "stop-key-00000001").await;
+        assert_eq!(
+            l.status,
+            StatusCode::OK,
+            "local: the process's own counters"
+        );
+        assert!(l.header("ratelimit").is_some());
+        let o = protected(open.addr, "stop-key-00000001").await;
+        assert_eq!(o.status, StatusCode::OK, "open: admitted");
+        let c = protected(closed.addr, "stop-key-00000001").await;
+        assert_eq!(c.status, StatusCode::SERVICE_UNAVAILABLE, "closed");
+        assert_eq!(c.text(), r#"{"detail":"Service Unavailable"}"#);
+        assert_eq!(c.header("retry-after"), Some("1"));
+        let metrics = |addr| async move {
+            send(
+                Proto::H1,
+                addr,
+                Method::GET,
+                "/metrics",
+                &[("x-token", "metrics-key-00001")],
+            )
+            .await
+            .text()
+            .to_owned()
+        };
+        let down = metrics(closed.addr).await;
+        assert!(down.contains("tokengate_limits_store_up 0"), "{down}");
+        assert!(
+            down.contains(r#"tokengate_limits_store_calls_total{result="timeout"} 1"#),
+            "{down}"
+        );
+        redis.signal("-CONT");
+        // Back: the probe finds the store and requests count there again.
+        let back = wait_until(Duration::from_secs(30), || async {
+            protected(closed.addr, "stop-key-00000001").await.status == StatusCode::OK
+        })
+        .await;
+        assert!(back, "the closed server never used the store again");
+        assert!(
+            metrics(closed.addr)
+                .await
+                .contains("tokengate_limits_store_up 1")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_killed_store_is_reconnected_under_each_policy() {
+        let Some(mut redis) = Redis::start("redis-killed", None).await else {
+            return;
+        };
+        let keys = "kill-key-00000001 k quota=100/day\n";
+        let servers = [
+            StoreFailure::Local,
+            StoreFailure::Open,
+            StoreFailure::Closed,
+        ];
+        let mut started = Vec::new();
+        for failure in servers {
+            started.push(
+                TestServer::with(keys_from(keys), store(&redis, failure), Limits::default()).await,
+            );
+        }
+        for server in &started {
+            let r = protected(server.addr, "kill-key-00000001").await;
+            assert_eq!(r.status, StatusCode::OK);
+        }
+        // Killed: a refused connection, not a hang. Each policy answers at once.
+        let _ = redis.child.kill();
+        let _ = redis.child.wait();
+        let during: Vec<u16> = {
+            let mut v = Vec::new();
+            for server in &started {
+                v.push(
+                    protected(server.addr, "kill-key-00000001")
+                        .await
+                        .status
+                        .as_u16(),
+                );
+            }
+            v
+        };
+        assert_eq!(during, [200, 200, 503]);
+        // A new Redis on the same socket, empty: every server reconnects by itself.
+        redis.restart().await;
+        for server in &started {
+            let back = wait_until(Duration::from_secs(30), || async {
+                let r = protected(server.addr, "kill-key-00000001").await;
+                // Counted by the new store: 99 left of its fresh day.
+                r.status == StatusCode::OK
+                    && r.header("ratelimit").is_some_and(|v| v.contains(";r=9"))
+            })
+            .await;
+            assert!(back, "a server never counted in the new store");
+        }
+        let used = redis
+            .query(&["HGET", "tokengate:test:{k}", "qu"])
+            .await
+            .unwrap();
+        assert!(matches!(used, redis::Value::BulkString(_)), "{used:?}");
     }
 }
