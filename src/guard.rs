@@ -77,6 +77,9 @@ pub(crate) struct Guard {
     counters: Counters,
     /// `--limits-store redis://…`.
     redis: Option<Arc<RedisStore>>,
+    /// With Redis and the throttle on: its failure interval and burst, for
+    /// the count shared by every replica.
+    shared_throttle: Option<(std::time::Duration, u32)>,
     token_header: HeaderName,
     throttle: Option<Throttle>,
 }
@@ -95,14 +98,24 @@ impl Guard {
         let counters = Counters::new(&store.prefix);
         let redis = store.redis.as_ref().map(|r| {
             Arc::new(
-                RedisStore::new(&r.url, r.timeout, r.failure, metrics.store().cloned())
-                    .expect("the URL was validated with the configuration"),
+                RedisStore::new(
+                    &r.url,
+                    &store.prefix,
+                    r.timeout,
+                    r.failure,
+                    metrics.store().cloned(),
+                )
+                .expect("the URL was validated with the configuration"),
             )
         });
         let limiters = counters.limiters(&keys);
         Guard {
             live: ArcSwap::from_pointee(Live { keys, ok, limiters }),
             counters,
+            shared_throttle: redis
+                .as_ref()
+                .and(throttle)
+                .map(|t| (t.period / t.failures.get(), t.burst.get())),
             redis,
             token_header,
             throttle: throttle.map(|config| {
@@ -137,7 +150,14 @@ impl Guard {
         metrics: Option<&Metrics>,
     ) -> Decided {
         let live = self.live.load();
-        if let Some(wait) = self.throttle.as_ref().and_then(|t| t.blocked(client)) {
+        let blocked = self.throttle.as_ref().and_then(|t| t.blocked(client));
+        // With Redis, what the shared count found (no call here).
+        let blocked = blocked.or_else(|| {
+            self.shared_throttle
+                .and(self.redis.as_ref())
+                .and_then(|store| store.throttled(client))
+        });
+        if let Some(wait) = blocked {
             let outcome = counted(Outcome::Throttled(wait), metrics, &[]);
             return Decided {
                 outcome,
@@ -161,6 +181,9 @@ impl Guard {
                 .and_then(|t| t.record_failure(client))
             {
                 outcome = Outcome::Throttled(wait);
+            }
+            if let (Some((interval, burst)), Some(store)) = (self.shared_throttle, &self.redis) {
+                store.record_failure(client, interval, burst);
             }
         }
         // Every request a valid key makes counts against its owner's limits.

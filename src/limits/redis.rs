@@ -38,10 +38,24 @@ pub enum Failure {
 #[error("not a Redis URL (redis://[user:password@]host:port[/db], rediss://…, redis+unix:///path)")]
 pub struct StoreUrlError;
 
+/// Most failed-check calls in flight at once (a flood past it keeps only the
+/// per-process throttle: no unbounded pile of tasks).
+const MAX_FAILURE_CALLS: usize = 256;
+/// Client addresses the store found throttled, remembered at most.
+const BLOCKED_CAPACITY: usize = 65_536;
+
 /// The Redis store.
 pub(crate) struct RedisStore {
     connection: ConnectionManager,
     script: redis::Script,
+    /// The failed-credential throttle, shared (`failures.lua`).
+    failures: redis::Script,
+    /// `--limits-store-prefix`.
+    prefix: Box<str>,
+    /// Addresses the store found throttled, until when (this process's clock).
+    blocked: std::sync::Mutex<lru::LruCache<std::net::IpAddr, Instant>>,
+    /// Failed-check calls in flight.
+    failure_calls: std::sync::atomic::AtomicUsize,
     timeout: Duration,
     failure: Failure,
     up: AtomicBool,
@@ -82,6 +96,7 @@ impl RedisStore {
     /// A store at `url`; connects on first use, and again after a failure.
     pub(crate) fn new(
         url: &str,
+        prefix: &str,
         timeout: Duration,
         failure: Failure,
         metrics: Option<StoreMetrics>,
@@ -96,6 +111,12 @@ impl RedisStore {
         Ok(RedisStore {
             connection,
             script: redis::Script::new(include_str!("limit.lua")),
+            failures: redis::Script::new(include_str!("failures.lua")),
+            prefix: prefix.into(),
+            blocked: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(BLOCKED_CAPACITY).expect("non-zero"),
+            )),
+            failure_calls: std::sync::atomic::AtomicUsize::new(0),
             timeout,
             failure,
             up: AtomicBool::new(true),
@@ -156,6 +177,64 @@ impl RedisStore {
             Failure::Open => Stored::Checked(limiter.checked(None, None)),
             Failure::Closed => Stored::Unavailable,
         }
+    }
+
+    /// Whether the store found `client` over the failed-credential limit,
+    /// and for how much longer (no call: what earlier failures learned).
+    pub(crate) fn throttled(&self, client: std::net::IpAddr) -> Option<Duration> {
+        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        let until = *blocked.peek(&client)?;
+        let wait = until.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            blocked.pop(&client);
+            return None;
+        }
+        Some(wait)
+    }
+
+    /// Counts a failed credential check of `client` in the store, in the
+    /// background (the answer does not wait): once the store finds the
+    /// address over `interval`/`burst`, this process refuses it until the
+    /// wait ends, whichever replica the failures went to.
+    pub(crate) fn record_failure(
+        self: &Arc<Self>,
+        client: std::net::IpAddr,
+        interval: Duration,
+        burst: u32,
+    ) {
+        if !self.is_up() {
+            return;
+        }
+        if self.failure_calls.fetch_add(1, Ordering::AcqRel) >= MAX_FAILURE_CALLS {
+            self.failure_calls.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let store = Arc::clone(self);
+        tokio::spawn(async move {
+            let key = format!("{}throttle:{{{client}}}", store.prefix);
+            let interval_us = u64::try_from(interval.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            let mut connection = store.connection.clone();
+            let mut invocation = store.failures.key(key);
+            invocation.arg(interval_us).arg(burst);
+            let call = invocation.invoke_async::<i64>(&mut connection);
+            match tokio::time::timeout(store.timeout, call).await {
+                Ok(Ok(wait)) if wait > 0 => {
+                    let until = Instant::now() + Duration::from_micros(wait.unsigned_abs());
+                    store
+                        .blocked
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .put(client, until);
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if e.is_timeout() => store.down(2, "timed out"),
+                Ok(Err(e)) => store.down(1, &format!("{:?}", e.kind())),
+                Err(_) => store.down(2, "timed out"),
+            }
+            store.failure_calls.fetch_sub(1, Ordering::AcqRel);
+        });
     }
 
     /// Marks the store down (`result`: the calls series, 1 error, 2

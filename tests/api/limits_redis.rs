@@ -334,3 +334,67 @@ async fn the_store_password_is_never_logged() {
         assert!(!text.contains("hunter2"), "{text}");
     }
 }
+
+/// The failed-credential throttle counts across replicas through the store:
+/// guesses spread over two servers are throttled after the shared burst.
+#[tokio::test]
+async fn failed_guesses_spread_over_replicas_are_throttled_together() {
+    let Some(redis) = Redis::start("redis-throttle", None).await else {
+        return;
+    };
+    let config = || AppConfig {
+        // 6 failures in a burst, then one a minute: alone, each server would
+        // let about 6 of its own through.
+        throttle: Some(tokengate::throttle::ThrottleConfig {
+            failures: std::num::NonZeroU32::new(1).unwrap(),
+            period: Duration::from_secs(60),
+            burst: std::num::NonZeroU32::new(6).unwrap(),
+            ..Default::default()
+        }),
+        ..store(&redis, StoreFailure::Local)
+    };
+    let keys = "valid-key-0000001 v\n";
+    let a = TestServer::with(keys_from(keys), config(), Limits::default()).await;
+    let b = TestServer::with(keys_from(keys), config(), Limits::default()).await;
+    let mut unauthorized: u64 = 0;
+    // Wrong guesses, alternating, until both servers refuse them.
+    let mut refusing = [false, false];
+    for i in 0..40 {
+        let side = i % 2;
+        if refusing[side] {
+            continue;
+        }
+        let server = if side == 0 { &a } else { &b };
+        match protected(server.addr, "wrong-guess-00001").await.status {
+            StatusCode::UNAUTHORIZED => unauthorized += 1,
+            StatusCode::TOO_MANY_REQUESTS => refusing[side] = true,
+            other => panic!("{other}"),
+        }
+        if refusing == [true, true] {
+            break;
+        }
+        // The count runs beside the answer: let the store's verdict on
+        // every failure so far land before the next guess (bounded).
+        let failures = unauthorized;
+        let landed = wait_until(Duration::from_secs(10), || async {
+            redis.calls("evalsha").await + redis.calls("eval").await >= failures
+        })
+        .await;
+        assert!(landed, "the store never counted {failures} failures");
+    }
+    assert_eq!(
+        refusing,
+        [true, true],
+        "{unauthorized} guesses answered 401"
+    );
+    // The shared burst (6) and at most one more per server while the store's
+    // answer was on its way; the per-process throttle alone lets each server
+    // reach its own burst (12 in all).
+    assert!(
+        unauthorized <= 8,
+        "{unauthorized} guesses were answered 401"
+    );
+    // The address is throttled, even with a valid key.
+    let valid = protected(a.addr, "valid-key-0000001").await;
+    assert_eq!(valid.status, StatusCode::TOO_MANY_REQUESTS);
+}
