@@ -81,6 +81,24 @@ def run_oha(args, server, path, headers, gen_pin):
     }
 
 
+def run_oha_rate(args, server, path, headers, gen_pin, rate):
+    """oha at a fixed rate (-q), latency corrected; the same result fields as loadtest.run_wrk."""
+    cmd = ["oha", "-z", f"{args.duration}s", "-c", str(args.connections), "-q", str(rate),
+           "--latency-correction", "--no-tui", "--output-format", "json"]
+    out = json.loads(generate(args, cmd, server, path, headers, gen_pin))
+    pct = out.get("latencyPercentiles", {})
+    codes = out.get("statusCodeDistribution", {})
+    return {
+        "rps": out["summary"]["requestsPerSec"],
+        "requests": sum(codes.values()),
+        "p50_us": pct.get("p50", 0) * 1e6,
+        "p99_us": pct.get("p99", 0) * 1e6,
+        # Errors count too, but for the requests oha itself cancels at the end of the run.
+        "non2xx": sum(n for s, n in codes.items() if not s.startswith("2")) + sum(
+            n for e, n in out.get("errorDistribution", {}).items() if e != "aborted due to deadline"),
+    }
+
+
 TOOLS = {"wrk": run_wrk, "h2load": run_h2load, "oha": run_oha}
 
 
