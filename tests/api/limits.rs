@@ -277,17 +277,7 @@ async fn a_rotated_key_keeps_its_owners_quota() {
     let server = Spawned::start(&["--token-file", file.to_str().unwrap()], &[]).await;
     let status = |token: &'static str| {
         let addr = server.addr;
-        async move {
-            send(
-                Proto::H1,
-                addr,
-                Method::GET,
-                "/protected",
-                &[("x-token", token)],
-            )
-            .await
-            .status
-        }
+        async move { crate::support::protected_as(addr, token).await.status }
     };
     assert_eq!(status("old-key-000000001").await, StatusCode::OK);
     std::fs::write(&file, "new-key-000000001 new owner=acme quota=2/day\n").unwrap();

@@ -10,7 +10,7 @@ use http::{Method, StatusCode};
 use tokengate::config::{StoreConfig, StoreFailure};
 use tokengate::{AppConfig, Limits};
 
-use crate::support::{Proto, Resp, Spawned, TempDir, TestServer, keys_from, send, wait_until};
+use crate::support::{Proto, Spawned, TempDir, TestServer, keys_from, send, wait_until};
 
 /// A `redis-server` of the test's own.
 pub(crate) struct Redis {
@@ -158,16 +158,7 @@ pub(crate) fn store(redis: &Redis, failure: StoreFailure) -> AppConfig {
     }
 }
 
-pub(crate) async fn protected(addr: std::net::SocketAddr, token: &str) -> Resp {
-    send(
-        Proto::H1,
-        addr,
-        Method::GET,
-        "/protected",
-        &[("x-token", token)],
-    )
-    .await
-}
+pub(crate) use crate::support::protected_as as protected;
 
 #[tokio::test]
 async fn two_processes_share_one_quota_exactly() {

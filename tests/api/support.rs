@@ -473,6 +473,18 @@ where
     }
 }
 
+/// `GET /protected` over HTTP/1.1 with `token` in `X-Token`.
+pub async fn protected_as(addr: SocketAddr, token: &str) -> Resp {
+    send(
+        Proto::H1,
+        addr,
+        Method::GET,
+        "/protected",
+        &[("x-token", token)],
+    )
+    .await
+}
+
 /// A key set from key-file text (labels, scopes, expiry), as the server reads it.
 pub fn keys_from(text: &str) -> KeySet {
     let mut set = KeySet::new();
