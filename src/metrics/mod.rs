@@ -27,53 +27,12 @@ use labels::{
 };
 
 mod labels;
+mod store;
+
+pub(crate) use store::StoreMetrics;
 
 /// Reads the access-log writer's count of dropped lines.
 pub type DroppedSource = Arc<dyn Fn() -> u64 + Send + Sync>;
-
-/// The limits store's series (with `--limits-store redis://…` only).
-#[derive(Clone, Debug)]
-pub(crate) struct StoreMetrics {
-    /// 1 while calls succeed, 0 from a failure until a probe answers.
-    pub(crate) up: Gauge,
-    /// Calls by result: `ok`, `error`, `timeout`.
-    pub(crate) calls: [Counter; 3],
-    /// Time a call took (successful ones).
-    pub(crate) duration: Histogram,
-}
-
-impl StoreMetrics {
-    fn register(registry: &mut Registry) -> Self {
-        let up = Gauge::default();
-        up.set(1);
-        registry.register(
-            "limits_store_up",
-            "Whether the limits store answers (0: requests follow --limits-store-failure)",
-            up.clone(),
-        );
-        let calls_family = Family::<ResultLabel, Counter>::default();
-        registry.register(
-            "limits_store_calls",
-            "Calls to the limits store, by result (ok, error, timeout)",
-            calls_family.clone(),
-        );
-        let calls = ["ok", "error", "timeout"]
-            .map(|result| calls_family.get_or_create_owned(&ResultLabel { result }));
-        let duration = Histogram::new([
-            0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
-        ]);
-        registry.register(
-            "limits_store_duration_seconds",
-            "Time a successful limits-store call took",
-            duration.clone(),
-        );
-        StoreMetrics {
-            up,
-            calls,
-            duration,
-        }
-    }
-}
 
 /// A key's own series of `tokengate_auth_total`, resolved at each key load.
 #[derive(Clone, Debug)]
