@@ -15,7 +15,7 @@ use tracing::warn;
 
 use super::counters::{Checked, Limiter};
 use super::period::{Period, Verdict};
-use crate::metrics::StoreMetrics;
+use crate::metrics::{STORE_ERROR_KINDS, StoreMetrics};
 
 /// How often a down store is probed.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(500);
@@ -166,10 +166,8 @@ impl RedisStore {
                     limiter.remember(mono, &checked);
                     return Stored::Checked(checked);
                 }
-                // The kind only: an error's text can quote the connection.
-                Ok(Err(e)) if e.is_timeout() => self.down(2, "timed out"),
-                Ok(Err(e)) => self.down(1, &format!("{:?}", e.kind())),
-                Err(_) => self.down(2, "timed out"),
+                Ok(Err(e)) => self.down(StoreError::of(&e)),
+                Err(_) => self.down(StoreError::Timeout),
             }
         }
         match self.failure {
@@ -229,20 +227,20 @@ impl RedisStore {
                         .put(client, until);
                 }
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) if e.is_timeout() => store.down(2, "timed out"),
-                Ok(Err(e)) => store.down(1, &format!("{:?}", e.kind())),
-                Err(_) => store.down(2, "timed out"),
+                Ok(Err(e)) => store.down(StoreError::of(&e)),
+                Err(_) => store.down(StoreError::Timeout),
             }
             store.failure_calls.fetch_sub(1, Ordering::AcqRel);
         });
     }
 
-    /// Marks the store down (`result`: the calls series, 1 error, 2
-    /// timeout) and starts the probe that brings it back.
-    fn down(self: &Arc<Self>, result: usize, why: &str) {
+    /// Marks the store down after `error` and starts the probe that brings
+    /// it back.
+    fn down(self: &Arc<Self>, error: StoreError) {
         self.up.store(false, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
-            m.calls[result].inc();
+            m.calls[if error == StoreError::Timeout { 2 } else { 1 }].inc();
+            m.errors[error as usize].inc();
             m.up.set(0);
         }
         let now = u64::try_from(self.epoch.elapsed().as_millis())
@@ -256,7 +254,7 @@ impl RedisStore {
                 .is_ok()
         {
             warn!(
-                error = why,
+                error = error.name(),
                 failure = ?self.failure,
                 "limits store unreachable: requests follow --limits-store-failure until it answers again"
             );
@@ -281,6 +279,49 @@ impl RedisStore {
                 tracing::info!("limits store answering again");
             });
         }
+    }
+}
+
+/// What went wrong with a store call (in the order of
+/// [`STORE_ERROR_KINDS`]), as the `kind` of
+/// `tokengate_limits_store_errors_total` and the WARN line: the kind only,
+/// since an error's text can quote the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StoreError {
+    /// No answer within `--limits-store-timeout`.
+    Timeout,
+    /// The connection failed (refused, reset, closed, TLS).
+    Io,
+    /// The password or user was refused.
+    Auth,
+    /// Redis answered with an error (busy script, loading, out of memory…).
+    Server,
+    /// An answer the script does not give (another program's keys?).
+    Reply,
+    /// Anything else the client reports.
+    Other,
+}
+
+impl StoreError {
+    fn of(e: &redis::RedisError) -> Self {
+        use redis::ErrorKind;
+        if e.is_timeout() {
+            return StoreError::Timeout;
+        }
+        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+            return StoreError::Io;
+        }
+        match e.kind() {
+            ErrorKind::AuthenticationFailed => StoreError::Auth,
+            ErrorKind::Server(_) | ErrorKind::Extension => StoreError::Server,
+            ErrorKind::Parse | ErrorKind::UnexpectedReturnType => StoreError::Reply,
+            _ => StoreError::Other,
+        }
+    }
+
+    /// The label value (the variants are in the order of the names).
+    fn name(self) -> &'static str {
+        STORE_ERROR_KINDS[self as usize]
     }
 }
 

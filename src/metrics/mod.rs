@@ -29,7 +29,7 @@ use labels::{
 mod labels;
 mod store;
 
-pub(crate) use store::StoreMetrics;
+pub(crate) use store::{STORE_ERROR_KINDS, StoreMetrics};
 
 /// Reads the access-log writer's count of dropped lines.
 pub type DroppedSource = Arc<dyn Fn() -> u64 + Send + Sync>;

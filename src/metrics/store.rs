@@ -7,7 +7,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::labels::ResultLabel;
+use super::labels::{KindLabel, ResultLabel};
+
+/// The `kind` label of `tokengate_limits_store_errors_total`: a failed call
+/// timed out, lost its connection, was refused its password, got an error
+/// from Redis, got an answer the script does not give, or anything else.
+pub(crate) const STORE_ERROR_KINDS: [&str; 6] =
+    ["timeout", "io", "auth", "server", "reply", "other"];
 
 /// The limits store's series (with `--limits-store redis://…` only).
 #[derive(Clone, Debug)]
@@ -16,6 +22,8 @@ pub(crate) struct StoreMetrics {
     pub(crate) up: Gauge,
     /// Calls by result: `ok`, `error`, `timeout`.
     pub(crate) calls: [Counter; 3],
+    /// Failed calls by kind, in the order of [`STORE_ERROR_KINDS`].
+    pub(crate) errors: [Counter; 6],
     /// Time a call took (successful ones).
     pub(crate) duration: Histogram,
 }
@@ -37,6 +45,14 @@ impl StoreMetrics {
         );
         let calls = ["ok", "error", "timeout"]
             .map(|result| calls_family.get_or_create_owned(&ResultLabel { result }));
+        let errors_family = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "limits_store_errors",
+            "Failed limits-store calls, by kind (timeout, io, auth, server, reply, other)",
+            errors_family.clone(),
+        );
+        let errors =
+            STORE_ERROR_KINDS.map(|kind| errors_family.get_or_create_owned(&KindLabel { kind }));
         let duration = Histogram::new([
             0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
         ]);
@@ -48,6 +64,7 @@ impl StoreMetrics {
         StoreMetrics {
             up,
             calls,
+            errors,
             duration,
         }
     }

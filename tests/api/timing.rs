@@ -590,6 +590,10 @@ mod limits_redis {
             down.contains(r#"tokengate_limits_store_calls_total{result="timeout"} 1"#),
             "{down}"
         );
+        assert!(
+            down.contains(r#"tokengate_limits_store_errors_total{kind="timeout"} 1"#),
+            "{down}"
+        );
         redis.signal("-CONT");
         // Back: the probe finds the store and requests count there again.
         let back = wait_until(Duration::from_secs(30), || async {
@@ -609,7 +613,7 @@ mod limits_redis {
         let Some(mut redis) = Redis::start("redis-killed", None).await else {
             return;
         };
-        let keys = "kill-key-00000001 k quota=100/day\n";
+        let keys = "kill-key-00000001 k quota=100/day\nmetrics-key-00001 m\n";
         let servers = [
             StoreFailure::Local,
             StoreFailure::Open,
@@ -641,6 +645,20 @@ mod limits_redis {
             v
         };
         assert_eq!(during, [200, 200, 503]);
+        let down = send(
+            Proto::H1,
+            started[2].addr,
+            Method::GET,
+            "/metrics",
+            &[("x-token", "metrics-key-00001")],
+        )
+        .await;
+        assert!(
+            down.text()
+                .contains(r#"tokengate_limits_store_errors_total{kind="io"} 1"#),
+            "a refused connection is an io error: {}",
+            down.text()
+        );
         // A new Redis on the same socket, empty: every server reconnects by itself.
         redis.restart().await;
         for server in &started {
