@@ -149,7 +149,7 @@ impl App {
                 if let Some(denied) = self.denial(&outcome, head, refusals) {
                     *response = denied;
                 }
-                limit_headers(response, Some(&checked));
+                limit_headers(response, Some(checked));
                 Some(outcome)
             }
         }

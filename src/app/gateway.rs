@@ -166,7 +166,7 @@ impl GatewayService {
                 let outcome = app.guard.settle(outcome, Some(&checked), metrics);
                 match app.denial(&outcome, head, &app.responses.refusals) {
                     Some(mut denied) => {
-                        super::limit_headers(&mut denied, Some(&checked));
+                        super::limit_headers(&mut denied, Some(checked));
                         Some(denied)
                     }
                     None => {
@@ -276,7 +276,7 @@ impl Future for Forwarding {
             }) => {
                 let mut response = service.forwarded(answered, start, logged);
                 // Set after the upstream's own, which they replace.
-                super::limit_headers(&mut response, limit.as_deref());
+                super::limit_headers(&mut response, limit.map(|l| *l));
                 Poll::Ready(response)
             }
             // Futures are not polled again once they returned `Ready`.

@@ -37,11 +37,11 @@ use record::{Key, Line};
 /// Adds `RateLimit-Policy` and `RateLimit` for a key with limits (replacing
 /// any already there: an upstream cannot forge them).
 #[inline]
-pub(crate) fn limit_headers<B>(response: &mut Response<B>, limit: Option<&Checked>) {
+pub(crate) fn limit_headers<B>(response: &mut Response<B>, limit: Option<Checked>) {
     if let Some(limit) = limit {
         let headers = response.headers_mut();
-        headers.insert(RATELIMIT_POLICY, limit.policy.clone());
-        headers.insert(RATELIMIT, limit.remaining.clone());
+        headers.insert(RATELIMIT_POLICY, limit.policy);
+        headers.insert(RATELIMIT, limit.remaining);
     }
 }
 
@@ -310,7 +310,7 @@ impl App {
         let mut response = self
             .denial(&decided.outcome, head, &self.responses.refusals)
             .unwrap_or_else(|| self.success(route, head));
-        limit_headers(&mut response, decided.limit.as_ref());
+        limit_headers(&mut response, decided.limit);
         let mut answer = answer(response, index, Some(decided.outcome));
         answer.deferred = decided.pending.map(|pending| {
             Box::new(Deferred {
@@ -382,7 +382,7 @@ impl App {
             (None, None) => self.forward.unknowable.respond(head),
         };
         // On the 200 too: the proxy copies them to its client.
-        limit_headers(&mut answer.response, decided.limit.as_ref());
+        limit_headers(&mut answer.response, decided.limit);
         answer.auth = Some(decided.outcome);
         answer.original = Some(original);
         answer.deferred = decided.pending.map(|pending| {

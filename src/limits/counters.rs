@@ -155,9 +155,9 @@ impl Limiter {
             }
             _ => None,
         };
-        // Written by hand: `core::fmt` was a third of what a limited key
-        // cost per request (scripts/instructions --limits).
-        let mut remaining = Vec::with_capacity(64);
+        // Written by hand into the stack: `core::fmt` was a third of what a
+        // limited key cost per request (scripts/instructions --limits).
+        let mut remaining = Field::default();
         let counted = refused.is_none();
         if let Some(verdict) = rate {
             item(&mut remaining, "rate", verdict, counted);
@@ -168,16 +168,52 @@ impl Limiter {
         Checked {
             refused,
             policy: self.policy.clone(),
-            remaining: HeaderValue::from_maybe_shared(bytes::Bytes::from(remaining))
+            remaining: HeaderValue::from_bytes(remaining.as_bytes())
                 .expect("names, digits, quotes and separators make a valid header value"),
         }
+    }
+}
+
+/// A `RateLimit` value being written: at most two items of a name of up to
+/// 5 bytes and two 20-digit numbers each (2 × 56 bytes and a separator).
+struct Field {
+    buf: [u8; 128],
+    len: usize,
+}
+
+impl Default for Field {
+    fn default() -> Self {
+        Field {
+            buf: [0; 128],
+            len: 0,
+        }
+    }
+}
+
+impl Field {
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        self.buf[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.extend_from_slice(&[byte]);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
 /// `"name";r=R;t=T` for one limit, after a comma if others came before. A
 /// limit that would have admitted a request the other refused was not
 /// counted: it still has that one.
-fn item(out: &mut Vec<u8>, name: &str, verdict: Verdict, counted: bool) {
+fn item(out: &mut Field, name: &str, verdict: Verdict, counted: bool) {
     if !out.is_empty() {
         out.extend_from_slice(b", ");
     }
@@ -196,7 +232,7 @@ fn item(out: &mut Vec<u8>, name: &str, verdict: Verdict, counted: bool) {
 }
 
 /// `n` in decimal (itoa: two digits a step).
-fn push_number(out: &mut Vec<u8>, n: u64) {
+fn push_number(out: &mut Field, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
@@ -289,6 +325,23 @@ mod tests {
     fn key(token: &str, label: &str, owner: Option<&str>, limits: Limits) -> Key {
         Key::new(Digest::of(token.as_bytes()), label, KeySource::Env)
             .with_limits(owner.map(Arc::from), limits)
+    }
+
+    /// The longest value there can be fits the stack buffer.
+    #[test]
+    fn the_longest_ratelimit_value_fits() {
+        let mut field = Field::default();
+        let most = Verdict::Admit {
+            remaining: u64::MAX - 1,
+            reset: u64::MAX,
+        };
+        item(&mut field, "rate", most, false);
+        item(&mut field, "month", most, false);
+        let max = u64::MAX;
+        assert_eq!(
+            std::str::from_utf8(field.as_bytes()).unwrap(),
+            format!("\"rate\";r={max};t={max}, \"month\";r={max};t={max}")
+        );
     }
 
     const TEN_A_SECOND_AND_THREE_A_DAY: Limits = Limits {
