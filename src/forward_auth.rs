@@ -124,6 +124,16 @@ pub(crate) fn original<'a, B>(
         Some(value) => Method::from_bytes(value.as_bytes()).ok()?,
         None => req.method().clone(),
     };
+    Some(Original {
+        method,
+        path: target_path(target)?,
+    })
+}
+
+/// The path a request target (`/p?q`) is authorised for: without the
+/// query, normalised; `None` for a target with a fragment or an unsafe
+/// path. Shared with gRPC's `Check`, whose request carries the target.
+pub(crate) fn target_path(target: &str) -> Option<Cow<'_, str>> {
     // A fragment is never part of a request target: a proxy that forwards
     // `/reports/x#/../../admin` as it came would hand the upstream a path
     // this check never saw.
@@ -139,10 +149,7 @@ pub(crate) fn original<'a, B>(
     if !crate::path::is_safe(path) {
         return None;
     }
-    Some(Original {
-        method,
-        path: normalize(path),
-    })
+    Some(normalize(path))
 }
 
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
@@ -191,7 +198,7 @@ impl<'h> Forwarded<'h> {
 }
 
 /// Origin-form, visible ASCII only.
-fn is_target(target: &str) -> bool {
+pub(crate) fn is_target(target: &str) -> bool {
     target.starts_with('/') && target.bytes().all(|b| b.is_ascii_graphic())
 }
 

@@ -2,6 +2,7 @@
 //! key set. Its [`Outcome`] is the one description of the decision that the
 //! response, the metrics and the access log all use.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -21,6 +22,25 @@ struct Live {
     ok: Vec<KeyCounters>,
     /// Each key's limiter (`None`: no limits), its owner's counters.
     limiters: Vec<Option<Arc<Limiter>>>,
+    /// The limiters by key label (the rate-limit service names keys so).
+    by_label: HashMap<Arc<str>, Arc<Limiter>>,
+}
+
+impl Live {
+    fn new(keys: KeySet, ok: Vec<KeyCounters>, limiters: Vec<Option<Arc<Limiter>>>) -> Self {
+        let by_label = keys
+            .keys()
+            .iter()
+            .zip(&limiters)
+            .filter_map(|(key, limiter)| Some((key.label_arc(), Arc::clone(limiter.as_ref()?))))
+            .collect();
+        Live {
+            keys,
+            ok,
+            limiters,
+            by_label,
+        }
+    }
 }
 
 /// A decision and the key set that made it.
@@ -47,12 +67,14 @@ pub(crate) struct Pending {
 impl Pending {
     /// Asks the store (bounded by its timeout).
     pub(crate) async fn ask(self) -> Stored {
-        self.store.check(&self.limiter, self.mono, self.wall).await
+        self.store
+            .check(&self.limiter, self.mono, self.wall, 1)
+            .await
     }
 
     /// The per-process counters' verdict instead (no waiting).
     pub(crate) fn local(&self) -> Checked {
-        self.limiter.check(self.mono, self.wall)
+        self.limiter.check(self.mono, self.wall, 1)
     }
 }
 
@@ -110,7 +132,7 @@ impl Guard {
         });
         let limiters = counters.limiters(&keys);
         Guard {
-            live: ArcSwap::from_pointee(Live { keys, ok, limiters }),
+            live: ArcSwap::from_pointee(Live::new(keys, ok, limiters)),
             counters,
             shared_throttle: redis
                 .as_ref()
@@ -131,7 +153,27 @@ impl Guard {
     pub(crate) fn replace_keys(&self, keys: KeySet, metrics: &Metrics) {
         let ok = metrics.key_counters(&keys);
         let limiters = self.counters.limiters(&keys);
-        self.live.store(Arc::new(Live { keys, ok, limiters }));
+        self.live.store(Arc::new(Live::new(keys, ok, limiters)));
+    }
+
+    /// `hits` requests against the limits of the key labelled `label` (the
+    /// rate-limit service), in the store HTTP requests use; `None` for no
+    /// such key or a key without limits.
+    pub(crate) async fn count_hits(
+        &self,
+        label: &str,
+        hits: u64,
+    ) -> Option<(Arc<Limiter>, Stored)> {
+        let limiter = Arc::clone(self.live.load().by_label.get(label)?);
+        let (mono, wall) = self.counters.now();
+        let stored = match &self.redis {
+            None => Stored::Checked(limiter.check(mono, wall, hits)),
+            Some(store) => match limiter.known_refusal(mono) {
+                Some(refused) => Stored::Checked(refused),
+                None => store.check(&limiter, mono, wall, hits).await,
+            },
+        };
+        Some((limiter, stored))
     }
 
     /// Decides on the credential in `headers` from `client`, for `method` on
@@ -194,7 +236,7 @@ impl Guard {
         {
             let (mono, wall) = self.counters.now();
             let checked = match &self.redis {
-                None => Some(limiter.check(mono, wall)),
+                None => Some(limiter.check(mono, wall, 1)),
                 // An owner known to be over a limit needs no call until its reset.
                 Some(store) => limiter.known_refusal(mono).or_else(|| {
                     pending = Some(Pending {

@@ -40,6 +40,7 @@ mod client;
 pub mod config;
 mod forward_auth;
 pub mod gateway;
+mod grpc;
 mod guard;
 mod head;
 pub mod keys;

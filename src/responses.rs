@@ -99,10 +99,8 @@ impl Prebuilt {
         for (name, value) in &self.headers {
             headers.insert(name.clone(), value.clone());
         }
-        if head {
-            if let Some(length) = &self.head_length {
-                headers.insert(CONTENT_LENGTH, length.clone());
-            }
+        if head && let Some(length) = &self.head_length {
+            headers.insert(CONTENT_LENGTH, length.clone());
         }
         response
     }

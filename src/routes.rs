@@ -263,17 +263,17 @@ impl Router {
         if let Some(route) = self.routes.iter().find(|r| r.route.matches(&path)) {
             return Match::Route(route);
         }
-        if let Some(stripped) = path.strip_suffix('/') {
-            if let Some(route) = self.routes.iter().find(|r| r.route.path == stripped) {
-                let location = match req.uri().query() {
-                    None => route.redirect_to.clone(),
-                    // A query hyper accepted is URI characters only; if it is
-                    // still not a valid header value, drop it rather than fail.
-                    Some(q) => HeaderValue::try_from(format!("{}?{q}", route.route.path))
-                        .unwrap_or_else(|_| route.redirect_to.clone()),
-                };
-                return Match::Redirect(location);
-            }
+        if let Some(stripped) = path.strip_suffix('/')
+            && let Some(route) = self.routes.iter().find(|r| r.route.path == stripped)
+        {
+            let location = match req.uri().query() {
+                None => route.redirect_to.clone(),
+                // A query hyper accepted is URI characters only; if it is
+                // still not a valid header value, drop it rather than fail.
+                Some(q) => HeaderValue::try_from(format!("{}?{q}", route.route.path))
+                    .unwrap_or_else(|_| route.redirect_to.clone()),
+            };
+            return Match::Redirect(location);
         }
         Match::NotFound
     }
@@ -300,14 +300,15 @@ pub fn normalize(path: &str) -> Cow<'_, str> {
     let mut out = String::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex_val(bytes[i + 1]), hex_val(bytes[i + 2])) {
-                let c = h * 16 + l;
-                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                    out.push(char::from(c));
-                    i += 3;
-                    continue;
-                }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex_val(bytes[i + 1]), hex_val(bytes[i + 2]))
+        {
+            let c = h * 16 + l;
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                out.push(char::from(c));
+                i += 3;
+                continue;
             }
         }
         // Paths from hyper are ASCII; copy any byte through unchanged.

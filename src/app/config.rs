@@ -42,6 +42,9 @@ pub struct AppConfig {
     /// Gateway mode with `--admin-listen`: tokengate's own routes are served
     /// on that listener only, and the main listener passes every path on.
     pub admin_listener: bool,
+    /// `--grpc on`: serve gRPC (Check, ShouldRateLimit, Health), and how
+    /// long a call without a `grpc-timeout` may take (`--header-read-timeout`).
+    pub grpc: Option<std::time::Duration>,
 }
 
 impl Default for AppConfig {
@@ -61,6 +64,7 @@ impl Default for AppConfig {
             gateway: None,
             limits_store: StoreConfig::memory(),
             admin_listener: false,
+            grpc: Some(std::time::Duration::from_secs(10)),
         }
     }
 }

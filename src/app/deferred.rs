@@ -57,6 +57,7 @@ impl Owned {
             path: &self.path,
             version: self.version,
             key: Key::from(outcome),
+            grpc: None,
         }
     }
 }

@@ -86,6 +86,7 @@ impl GatewayService {
             path: req.uri().path(),
             version: req.version(),
             key,
+            grpc: None,
         };
         if !self.gateway.host_allowed(req) {
             let response = app.responses.bad_request.respond(head);
@@ -188,6 +189,7 @@ impl GatewayService {
                         path: req.uri().path(),
                         version: req.version(),
                         key: Key::None,
+                        grpc: None,
                     })
                 });
                 response.map(Either::Left)
@@ -318,6 +320,7 @@ impl Logged {
             path: &self.path,
             version: self.version,
             key: self.label.as_ref().map_or(Key::None, Key::Label),
+            grpc: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 mod config;
 mod deferred;
 mod gateway;
+mod grpc;
 mod record;
 
 use std::net::IpAddr;
@@ -52,6 +53,9 @@ const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// The `route` label of requests passed on to the upstream.
 pub(crate) const UPSTREAM_LABEL: &str = "upstream";
 
+/// The `route` label of gRPC calls.
+const GRPC_LABEL: &str = "grpc";
+
 /// A request's answer, and what the metrics and the access log need of it.
 #[derive(Debug)]
 pub struct Answer<'a> {
@@ -96,6 +100,11 @@ pub struct App {
     metrics_on: bool,
     /// A Redis store: answers to keys with limits wait for it (`App::call`).
     deferring: bool,
+    /// gRPC is served (`--grpc on`): how long a call without a
+    /// `grpc-timeout` may take.
+    grpc: Option<std::time::Duration>,
+    /// The route index of gRPC calls.
+    grpc_route: RouteIndex,
 }
 
 impl std::fmt::Debug for App {
@@ -126,10 +135,15 @@ impl App {
             // Requests passed on to the upstream (gateway mode).
             labels.push(UPSTREAM_LABEL);
         }
+        let grpc_route = RouteIndex(labels.len());
+        if config.grpc.is_some() {
+            labels.push(GRPC_LABEL);
+        }
         let metrics = Metrics::new(
             &labels,
             access_log_dropped,
             config.limits_store.redis.is_some(),
+            config.grpc.is_some(),
         );
         let openapi = config.openapi.then(|| {
             openapi::Lazy::new(
@@ -178,6 +192,8 @@ impl App {
             access_log: config.access_log,
             metrics_on: config.metrics,
             deferring: config.limits_store.redis.is_some(),
+            grpc: config.grpc,
+            grpc_route,
         }
     }
 
@@ -247,6 +263,7 @@ impl App {
                 path: req.uri().path(),
                 version: req.version(),
                 key: Key::from(answer.auth),
+                grpc: None,
             })
         });
     }

@@ -25,6 +25,8 @@ pub(super) struct Line<'a> {
     pub(super) path: &'a str,
     pub(super) version: Version,
     pub(super) key: Key<'a>,
+    /// A gRPC call's outcome (`tokengate_grpc_calls_total`'s label).
+    pub(super) grpc: Option<&'static str>,
 }
 
 /// The key a line names.
@@ -96,6 +98,7 @@ impl App {
             bytes,
             duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             key = %key,
+            grpc = line.grpc.unwrap_or("-"),
         );
     }
 }

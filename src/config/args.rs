@@ -182,6 +182,11 @@ pub struct Args {
     #[arg(long, env = "TOKENGATE_OPENAPI", value_enum, default_value_t = Switch::On)]
     pub openapi: Switch,
 
+    /// Serve gRPC on the HTTP/2 listener (Envoy's ext_authz Check, its
+    /// rate-limit service, gRPC health; on --admin-listen in gateway mode): on or off.
+    #[arg(long, env = "TOKENGATE_GRPC", value_enum, default_value_t = Switch::On)]
+    pub grpc: Switch,
+
     /// Write one access-log line per request to stdout.
     #[arg(long, env = "TOKENGATE_ACCESS_LOG")]
     pub access_log: bool,

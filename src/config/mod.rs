@@ -218,6 +218,7 @@ impl Config {
             gateway,
             limits_store,
             admin_listener: args.admin_listen.is_some(),
+            grpc: (args.grpc == Switch::On).then_some(args.header_read_timeout),
             trusted_proxies: TrustedProxies::parse(&args.trusted_proxies)
                 .map_err(ConfigError::TrustedProxies)?
                 .reading_real_ip(args.client_address_header == ClientAddressHeader::XRealIp),

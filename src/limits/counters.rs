@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::HeaderValue;
 
 use super::Limits;
-use super::period::{self, Counted, Gcra, Period, Verdict};
+use super::period::{self, Counted, Gcra, Verdict};
 use crate::keys::KeySet;
 
 /// Which limit refused a request.
@@ -56,6 +56,9 @@ pub(crate) struct Checked {
     pub(crate) policy: HeaderValue,
     /// `RateLimit`: what remains of each limit and when it resets.
     pub(crate) remaining: HeaderValue,
+    /// What the rate and the quota said (`None`: the key has no such
+    /// limit, or the store was not asked), as numbers.
+    pub(crate) verdicts: [Option<Verdict>; 2],
 }
 
 impl Limiter {
@@ -71,7 +74,7 @@ impl Limiter {
             let _ = write!(
                 policy,
                 "\"{}\";q={};w={}",
-                period_name(quota.period),
+                quota.period.name(),
                 quota.count,
                 quota.period.nominal_seconds()
             );
@@ -89,6 +92,11 @@ impl Limiter {
         }
     }
 
+    /// The owner's limits.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// With Redis: the refusal still in force at `mono`, if the owner was
     /// found over a limit (no call needed until it ends).
     pub(crate) fn known_refusal(&self, mono: u64) -> Option<Checked> {
@@ -100,6 +108,7 @@ impl Limiter {
                     refused: Some((*kind, wait)),
                     policy: checked.policy.clone(),
                     remaining: checked.remaining.clone(),
+                    verdicts: checked.verdicts,
                 })
             }
             _ => None,
@@ -114,22 +123,23 @@ impl Limiter {
                 refused: checked.refused,
                 policy: checked.policy.clone(),
                 remaining: checked.remaining.clone(),
+                verdicts: checked.verdicts,
             };
             *self.refused_until.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some((until, kind, copy));
         }
     }
 
-    /// One request at `mono` (nanoseconds on the store's monotonic clock)
-    /// and `wall` (seconds since the epoch): counted against both limits
-    /// only if both admit it.
-    pub(crate) fn check(&self, mono: u64, wall: u64) -> Checked {
+    /// `hits` requests at `mono` (nanoseconds on the store's monotonic
+    /// clock) and `wall` (seconds since the epoch): counted against both
+    /// limits only if both admit them.
+    pub(crate) fn check(&self, mono: u64, wall: u64, hits: u64) -> Checked {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let rate = self.gcra.map(|g| g.check(state.tat, mono));
+        let rate = self.gcra.map(|g| g.check(state.tat, mono, hits));
         let quota = self
             .limits
             .quota
-            .map(|q| period::count(q.count, q.period, state.quota, wall));
+            .map(|q| period::count(q.count, q.period, state.quota, wall, hits));
         let checked = self.checked(rate.map(|r| r.0), quota.map(|q| q.0));
         if checked.refused.is_none() {
             if let Some((_, tat)) = rate {
@@ -163,13 +173,14 @@ impl Limiter {
             item(&mut remaining, "rate", verdict, counted);
         }
         if let (Some(verdict), Some(q)) = (quota, self.limits.quota) {
-            item(&mut remaining, period_name(q.period), verdict, counted);
+            item(&mut remaining, q.period.name(), verdict, counted);
         }
         Checked {
             refused,
             policy: self.policy.clone(),
             remaining: HeaderValue::from_bytes(remaining.as_bytes())
                 .expect("names, digits, quotes and separators make a valid header value"),
+            verdicts: [rate, quota],
         }
     }
 }
@@ -234,14 +245,6 @@ fn item(out: &mut Field, name: &str, verdict: Verdict, counted: bool) {
 /// `n` in decimal (itoa: two digits a step).
 fn push_number(out: &mut Field, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-}
-
-fn period_name(period: Period) -> &'static str {
-    match period {
-        Period::Hour => "hour",
-        Period::Day => "day",
-        Period::Month => "month",
-    }
 }
 
 /// Every owner's limiter, by owner name (the memory store's counters, and
@@ -320,6 +323,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::keys::{Digest, Key, KeySource};
+    use crate::limits::period::Period;
     use crate::limits::{Quota, Rate};
 
     fn key(token: &str, label: &str, owner: Option<&str>, limits: Limits) -> Key {
@@ -367,14 +371,14 @@ mod tests {
         let noon = 1_709_208_000;
         let (mono, _) = counters.now();
         for r in [2, 1, 0] {
-            let c = limiter.check(mono, noon);
+            let c = limiter.check(mono, noon, 1);
             assert!(c.refused.is_none());
             assert_eq!(
                 c.remaining,
                 format!("\"rate\";r={};t=1, \"day\";r={r};t=43200", 9 - (2 - r)).as_str()
             );
         }
-        let c = limiter.check(mono, noon);
+        let c = limiter.check(mono, noon, 1);
         assert_eq!(
             c.refused,
             Some((LimitKind::Quota, Duration::from_secs(43_200)))
@@ -398,7 +402,7 @@ mod tests {
             .unwrap();
         let first = counters.limiters(&keys)[0].clone().unwrap();
         let (mono, wall) = counters.now();
-        assert!(first.check(mono, wall).refused.is_none());
+        assert!(first.check(mono, wall, 1).refused.is_none());
         // The old key is replaced by a new one of the same owner.
         let mut rotated = KeySet::new();
         rotated
@@ -411,9 +415,9 @@ mod tests {
         let second = limiters[0].clone().unwrap();
         assert!(Arc::ptr_eq(&first, &second));
         assert!(limiters[1].is_none());
-        assert!(second.check(mono, wall).refused.is_none());
+        assert!(second.check(mono, wall, 1).refused.is_none());
         assert_eq!(
-            second.check(mono, wall).refused.map(|r| r.0),
+            second.check(mono, wall, 1).refused.map(|r| r.0),
             Some(LimitKind::Quota)
         );
         // Other limits for the owner: fresh counters.
@@ -430,6 +434,6 @@ mod tests {
             .unwrap();
         let third = counters.limiters(&changed)[0].clone().unwrap();
         assert!(!Arc::ptr_eq(&first, &third));
-        assert!(third.check(mono, wall).refused.is_none());
+        assert!(third.check(mono, wall, 1).refused.is_none());
     }
 }

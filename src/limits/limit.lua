@@ -1,7 +1,7 @@
 -- One request against an owner's rate (GCRA) and quota (a UTC calendar
 -- period), atomically, on Redis's own clock. KEYS[1]: the owner's hash.
 -- ARGV: rate interval in microseconds (0: no rate), burst, quota count
--- (0: no quota), period (1 hour, 2 day, 3 month).
+-- (0: no quota), period (1 hour, 2 day, 3 month), hits (requests counted).
 -- Returns {rate_ok, rate_remaining, rate_reset_s, rate_retry_us,
 --          quota_ok, quota_remaining, quota_reset_s}; counts only when both admit.
 local t = redis.call('TIME')
@@ -11,6 +11,7 @@ local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local quota = tonumber(ARGV[3])
 local period = tonumber(ARGV[4])
+local hits = tonumber(ARGV[5]) or 1
 local h = redis.call('HMGET', KEYS[1], 'tat', 'qs', 'qu')
 local tat = tonumber(h[1]) or 0
 local qs = tonumber(h[2]) or -1
@@ -57,7 +58,7 @@ local rate_ok, rate_rem, rate_reset, rate_retry = 1, 0, 0, 0
 local new_tat = tat
 if interval > 0 then
   local capacity = interval * burst
-  local nxt = math.max(tat, now_us) + interval
+  local nxt = math.max(tat, now_us) + interval * hits
   local allowed_from = nxt - capacity
   if now_us < allowed_from then
     rate_ok, rate_retry = 0, allowed_from - now_us
@@ -74,15 +75,15 @@ if quota > 0 then
   start, finish = bounds(now_s)
   if qs == start then used = qu end
   quota_reset = finish - now_s
-  if used >= quota then
+  if used + hits > quota then
     quota_ok = 0
   else
-    quota_rem = quota - used - 1
+    quota_rem = quota - used - hits
   end
 end
 
 if rate_ok == 1 and quota_ok == 1 then
-  redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', new_tat), 'qs', start, 'qu', used + 1)
+  redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', new_tat), 'qs', start, 'qu', used + hits)
   -- Kept while it holds anything: until the rate is whole again and the
   -- quota's period ends.
   local keep_ms = math.max(math.ceil((new_tat - now_us) / 1000), (finish - now_s) * 1000)

@@ -32,11 +32,13 @@ impl Gcra {
         }
     }
 
-    /// One request at `now` against the state `tat`: the verdict and the new
-    /// state (unchanged when refused).
-    pub(crate) fn check(&self, tat: u64, now: u64) -> (Verdict, u64) {
+    /// `hits` requests at `now` against the state `tat`: the verdict and the
+    /// new state (unchanged when refused).
+    pub(crate) fn check(&self, tat: u64, now: u64, hits: u64) -> (Verdict, u64) {
         let capacity = self.interval.saturating_mul(u64::from(self.burst));
-        let next = tat.max(now).saturating_add(self.interval);
+        let next = tat
+            .max(now)
+            .saturating_add(self.interval.saturating_mul(hits));
         // The earliest time `next` leaves room for this request.
         let allowed_from = next.saturating_sub(capacity);
         if now < allowed_from {
@@ -89,6 +91,15 @@ impl Period {
         }
     }
 
+    /// The period's name in the rate-limit fields and the metadata.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Period::Hour => "hour",
+            Period::Day => "day",
+            Period::Month => "month",
+        }
+    }
+
     /// The period's nominal length in seconds (a month: 30 days), for
     /// `RateLimit-Policy`'s `w`.
     pub(crate) fn nominal_seconds(self) -> u64 {
@@ -108,24 +119,30 @@ pub(crate) struct Counted {
     pub(crate) used: u64,
 }
 
-/// One request at `now` (seconds) against a quota of `limit` per `period`:
-/// the verdict and the new state (unchanged when refused). A new period
-/// starts from zero.
-pub(crate) fn count(limit: u64, period: Period, state: Counted, now: u64) -> (Verdict, Counted) {
+/// `hits` requests at `now` (seconds) against a quota of `limit` per
+/// `period`: the verdict and the new state (unchanged when refused). A new
+/// period starts from zero.
+pub(crate) fn count(
+    limit: u64,
+    period: Period,
+    state: Counted,
+    now: u64,
+    hits: u64,
+) -> (Verdict, Counted) {
     let (start, end) = period.bounds(now);
     let used = if state.period_start == start {
         state.used
     } else {
         0
     };
-    if used >= limit {
+    if used.saturating_add(hits) > limit {
         let state = Counted {
             period_start: start,
             used,
         };
         return (Verdict::Refuse { retry: end - now }, state);
     }
-    let used = used + 1;
+    let used = used + hits;
     (
         Verdict::Admit {
             remaining: limit - used,
@@ -233,7 +250,7 @@ mod tests {
         let mut state = Counted::default();
         let now = LEAP_DAY_NOON;
         for i in 0..3 {
-            let (verdict, next) = count(3, Period::Day, state, now + i);
+            let (verdict, next) = count(3, Period::Day, state, now + i, 1);
             assert_eq!(
                 verdict,
                 Verdict::Admit {
@@ -243,7 +260,7 @@ mod tests {
             );
             state = next;
         }
-        let (verdict, same) = count(3, Period::Day, state, now + 10);
+        let (verdict, same) = count(3, Period::Day, state, now + 10, 1);
         assert_eq!(
             verdict,
             Verdict::Refuse {
@@ -254,10 +271,10 @@ mod tests {
         // The last second of the day still refuses; the first of the next admits.
         let midnight = now + 12 * 3600;
         assert!(matches!(
-            count(3, Period::Day, state, midnight - 1).0,
+            count(3, Period::Day, state, midnight - 1, 1).0,
             Verdict::Refuse { retry: 1 }
         ));
-        let (verdict, fresh) = count(3, Period::Day, state, midnight);
+        let (verdict, fresh) = count(3, Period::Day, state, midnight, 1);
         assert!(matches!(verdict, Verdict::Admit { remaining: 2, .. }));
         assert_eq!(fresh.used, 1);
     }
@@ -269,25 +286,25 @@ mod tests {
         let t0 = 1_000 * S;
         let mut tat = 0;
         for remaining in [2, 1, 0] {
-            let (verdict, next) = gcra.check(tat, t0);
+            let (verdict, next) = gcra.check(tat, t0, 1);
             assert!(matches!(verdict, Verdict::Admit { remaining: r, .. } if r == remaining));
             tat = next;
         }
-        let (verdict, same) = gcra.check(tat, t0);
+        let (verdict, same) = gcra.check(tat, t0, 1);
         assert_eq!(verdict, Verdict::Refuse { retry: S / 10 });
         assert_eq!(same, tat);
         // One interval later one more fits, and only one.
         assert!(matches!(
-            gcra.check(tat, t0 + S / 10).0,
+            gcra.check(tat, t0 + S / 10, 1).0,
             Verdict::Admit { remaining: 0, .. }
         ));
-        let (_, tat) = gcra.check(tat, t0 + S / 10);
+        let (_, tat) = gcra.check(tat, t0 + S / 10, 1);
         assert!(matches!(
-            gcra.check(tat, t0 + S / 10).0,
+            gcra.check(tat, t0 + S / 10, 1).0,
             Verdict::Refuse { .. }
         ));
         // Idle long enough, the whole burst is back (no more).
-        let (verdict, _) = gcra.check(tat, t0 + 10 * S);
+        let (verdict, _) = gcra.check(tat, t0 + 10 * S, 1);
         assert!(matches!(
             verdict,
             Verdict::Admit {
@@ -308,7 +325,7 @@ mod tests {
         let start = 7 * S + S / 2;
         for step in 0..400u64 {
             let now = start + step * (S / 100);
-            let (verdict, next) = gcra.check(tat, now);
+            let (verdict, next) = gcra.check(tat, now, 1);
             if matches!(verdict, Verdict::Admit { .. }) {
                 admitted.push(now);
             }
@@ -323,5 +340,32 @@ mod tests {
         }
         // Steady state: 5 per second over the 4 seconds, plus the burst.
         assert!((20..=25).contains(&admitted.len()), "{}", admitted.len());
+    }
+
+    /// Several hits at once (Envoy's `hits_addend`): counted together, and
+    /// refused whole when they do not all fit.
+    #[test]
+    fn hits_count_together() {
+        let gcra = Gcra::new(10, S, 5);
+        let (verdict, tat) = gcra.check(0, S, 3);
+        assert_eq!(
+            verdict,
+            Verdict::Admit {
+                remaining: 2,
+                reset: 1
+            }
+        );
+        assert!(matches!(gcra.check(tat, S, 3).0, Verdict::Refuse { .. }));
+        assert!(matches!(
+            gcra.check(tat, S, 2).0,
+            Verdict::Admit { remaining: 0, .. }
+        ));
+        let state = Counted::default();
+        let noon = 86_400 * 20_000 + 43_200;
+        let (verdict, state) = count(10, Period::Day, state, noon, 7);
+        assert!(matches!(verdict, Verdict::Admit { remaining: 3, .. }));
+        let (verdict, same) = count(10, Period::Day, state, noon, 4);
+        assert_eq!(verdict, Verdict::Refuse { retry: 43_200 });
+        assert_eq!(same, state);
     }
 }

@@ -132,9 +132,15 @@ impl RedisStore {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// One request against `limiter`'s owner: at most one call, bounded by
-    /// the timeout; `mono`/`wall` are the local clocks for the fallback.
-    pub(crate) async fn check(self: &Arc<Self>, limiter: &Limiter, mono: u64, wall: u64) -> Stored {
+    /// `hits` requests against `limiter`'s owner: at most one call, bounded
+    /// by the timeout; `mono`/`wall` are the local clocks for the fallback.
+    pub(crate) async fn check(
+        self: &Arc<Self>,
+        limiter: &Limiter,
+        mono: u64,
+        wall: u64,
+        hits: u64,
+    ) -> Stored {
         if self.is_up() {
             let mut connection = self.connection.clone();
             let (interval_us, burst) = limiter
@@ -153,7 +159,8 @@ impl RedisStore {
                 .arg(interval_us)
                 .arg(burst)
                 .arg(quota)
-                .arg(period);
+                .arg(period)
+                .arg(hits);
             let call = invocation.invoke_async::<[i64; 7]>(&mut connection);
             let started = Instant::now();
             match tokio::time::timeout(self.timeout, call).await {
@@ -171,7 +178,7 @@ impl RedisStore {
             }
         }
         match self.failure {
-            Failure::Local => Stored::Checked(limiter.check(mono, wall)),
+            Failure::Local => Stored::Checked(limiter.check(mono, wall, hits)),
             Failure::Open => Stored::Checked(limiter.checked(None, None)),
             Failure::Closed => Stored::Unavailable,
         }

@@ -80,3 +80,9 @@ pub(super) struct StatusLabel {
 pub(super) struct KindLabel {
     pub(super) kind: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct GrpcLabels {
+    pub(super) method: &'static str,
+    pub(super) outcome: &'static str,
+}

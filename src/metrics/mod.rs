@@ -26,9 +26,11 @@ use labels::{
     StatusLabel, VersionLabel,
 };
 
+mod grpc;
 mod labels;
 mod store;
 
+pub(crate) use grpc::GrpcMetrics;
 pub(crate) use store::{STORE_ERROR_KINDS, StoreMetrics};
 
 /// Reads the access-log writer's count of dropped lines.
@@ -70,6 +72,8 @@ pub struct Metrics {
     registry: Registry,
     /// With a Redis limits store.
     store: Option<StoreMetrics>,
+    /// With gRPC on.
+    grpc: Option<GrpcMetrics>,
     /// `[route][status]`; the last status column is `other`, the last route `other`.
     requests: Vec<Counter>,
     durations: Vec<Histogram>,
@@ -130,9 +134,15 @@ impl Metrics {
     /// `route_labels` are the route table's labels, `other` last; `dropped`
     /// reads the access log's dropped lines (absent without `--access-log`:
     /// the counter then reads 0).
-    pub fn new(route_labels: &[&'static str], dropped: Option<DroppedSource>, store: bool) -> Self {
+    pub(crate) fn new(
+        route_labels: &[&'static str],
+        dropped: Option<DroppedSource>,
+        store: bool,
+        grpc: bool,
+    ) -> Self {
         let mut registry = Registry::with_prefix("tokengate");
         let store = store.then(|| StoreMetrics::register(&mut registry));
+        let grpc = grpc.then(|| GrpcMetrics::register(&mut registry));
 
         let requests_family = Family::<RouteStatus, Counter>::default();
         registry.register(
@@ -261,6 +271,7 @@ impl Metrics {
         Metrics {
             registry,
             store,
+            grpc,
             requests,
             durations,
             auth_family,
@@ -287,6 +298,11 @@ impl Metrics {
     /// The limits store's series (with a Redis store only).
     pub(crate) fn store(&self) -> Option<&StoreMetrics> {
         self.store.as_ref()
+    }
+
+    /// The gRPC series (with gRPC on).
+    pub(crate) fn grpc(&self) -> Option<&GrpcMetrics> {
+        self.grpc.as_ref()
     }
 
     pub(crate) fn key_counters(&self, keys: &KeySet) -> Vec<KeyCounters> {
@@ -436,6 +452,7 @@ mod tests {
         let m = Metrics::new(
             &crate::routes::Router::labels(crate::routes::ROUTES),
             Some(Arc::new(|| 7)),
+            true,
             true,
         );
         let mut keys = KeySet::new();

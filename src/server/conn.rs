@@ -36,6 +36,7 @@ use super::streams::StreamExecutor;
 use super::watchdog::{Activity, ConnectionTable, Entry, bump};
 use crate::app::{App, Call, GatewayService, Step};
 use crate::gateway::proxy::ServiceBody;
+use crate::grpc::GrpcBody;
 use crate::head;
 use crate::metrics::Protocol;
 use crate::tls::Tls;
@@ -344,28 +345,45 @@ fn count_request<B>(app: &App, seen: &Activity, req: &Request<B>) {
     bump(&seen.requests);
 }
 
+/// A standalone listener's body: a prebuilt answer, or a gRPC call's.
+type StandaloneBody = Either<crate::responses::Body, GrpcBody>;
+
+/// A gRPC call's answer.
+type GrpcCall = Pin<Box<dyn Future<Output = Response<GrpcBody>> + Send>>;
+
 /// The service of a standalone listener: every answer is prebuilt, at once
-/// (with a Redis limits store, a key with limits after one store call).
+/// (with a Redis limits store, a key with limits after one store call), and
+/// gRPC calls are read and answered.
 fn standalone_service(
     context: &Arc<Context>,
     activity: &Arc<Activity>,
     peer_ip: std::net::IpAddr,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<crate::responses::Body>,
+    Response = Response<StandaloneBody>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<crate::responses::Body>, Infallible>> + Send + use<>,
+    Future = impl Future<Output = Result<Response<StandaloneBody>, Infallible>> + Send + use<>,
 > + Clone
 + use<> {
     let app = context.app.clone();
     let seen = activity.clone();
     service_fn(move |req: Request<Incoming>| {
         count_request(&app, &seen, &req);
+        if app.wants_grpc(&req) {
+            let call: GrpcCall = Box::pin(Arc::clone(&app).grpc(req, peer_ip));
+            return future::Either::Right(future::Either::Right(
+                call.map(|r| Ok(r.map(Either::Right))),
+            ));
+        }
         // The request (and its body, unread) is dropped here: hyper then
         // closes an HTTP/1 connection whose body was not consumed.
         match app.call(&req, peer_ip) {
-            Call::Ready(response) => future::Either::Left(std::future::ready(Ok(response))),
-            Call::Pending(answer) => future::Either::Right(answer.map(Ok)),
+            Call::Ready(response) => {
+                future::Either::Left(std::future::ready(Ok(response.map(Either::Left))))
+            }
+            Call::Pending(answer) => future::Either::Right(future::Either::Left(
+                answer.map(|r| Ok(r.map(Either::Left))),
+            )),
         }
     })
 }

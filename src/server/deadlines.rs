@@ -73,10 +73,10 @@ impl Deadlines {
                 self.head_since = Some(now);
             }
         }
-        if let Some(since) = self.head_since {
-            if now.duration_since(since) >= self.header_timeout {
-                return Verdict::HeadTimeout;
-            }
+        if let Some(since) = self.head_since
+            && now.duration_since(since) >= self.header_timeout
+        {
+            return Verdict::HeadTimeout;
         }
         if now.duration_since(self.active_at) >= self.idle_timeout {
             return Verdict::Idle;

@@ -253,10 +253,10 @@ impl Spawned {
                     log.push_str(&line);
                     log.push('\n');
                 }
-                if let Some(addr) = listening_addr(&line) {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
+                if let Some(addr) = listening_addr(&line)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr);
                 }
             }
         });
