@@ -31,6 +31,8 @@ struct Called {
     /// Check: the decision, and the request it was about.
     auth: Option<Outcome>,
     original: Option<(http::Method, String)>,
+    /// Check: the client Envoy names.
+    client: Option<IpAddr>,
 }
 
 impl Called {
@@ -40,6 +42,7 @@ impl Called {
             outcome: Some(status.code.into()),
             auth: None,
             original: None,
+            client: None,
         }
     }
 }
@@ -69,6 +72,7 @@ impl App {
                 outcome: None,
                 auth: None,
                 original: None,
+                client: None,
             }
         } else {
             match grpc::deadline(&parts.headers) {
@@ -96,7 +100,7 @@ impl App {
         self.record(self.grpc_route, &called.response, start.elapsed(), || {
             Some(Line {
                 peer,
-                client: peer,
+                client: called.client.unwrap_or(peer),
                 upstream: false,
                 original: called
                     .original
@@ -134,6 +138,7 @@ impl App {
                     outcome: Some(outcome),
                     auth: None,
                     original: None,
+                    client: None,
                 }
             }
             GrpcMethod::Other => Called::failed(Status::new(Code::Unimplemented, "unknown method")),
@@ -217,6 +222,7 @@ impl App {
             outcome: Some(code.into()),
             auth: Some(outcome),
             original: Some((checking.method, checking.path)),
+            client: Some(client),
         }
     }
 
@@ -266,6 +272,7 @@ impl App {
             }),
             auth: None,
             original: None,
+            client: None,
         }
     }
 }

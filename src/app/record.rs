@@ -98,7 +98,7 @@ impl App {
             bytes,
             duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             key = %key,
-            grpc = line.grpc.unwrap_or("-"),
+            grpc = %line.grpc.unwrap_or("-"),
         );
     }
 }

@@ -170,7 +170,10 @@ impl RedisStore {
                         m.duration.observe(started.elapsed().as_secs_f64());
                     }
                     let checked = checked(limiter, answer);
-                    limiter.remember(mono, &checked);
+                    // A refusal of several hits says nothing of fewer.
+                    if hits == 1 {
+                        limiter.remember(mono, &checked);
+                    }
                     return Stored::Checked(checked);
                 }
                 Ok(Err(e)) => self.down(StoreError::of(&e)),

@@ -14,6 +14,8 @@ mod contract;
 mod forward_auth;
 mod fuzz;
 mod gateway;
+mod grpc;
+mod grpc_frames;
 mod h2abuse;
 mod hostile;
 mod lifecycle;
