@@ -191,6 +191,21 @@ impl Guard {
         path: &str,
         metrics: Option<&Metrics>,
     ) -> Decided {
+        self.decide_counting(headers, client, method, path, metrics, true)
+    }
+
+    /// [`Guard::decide`], counting the key's limits only with `limits` (a
+    /// gRPC Check whose limits Envoy's rate-limit filter applies).
+    #[inline]
+    pub(crate) fn decide_counting(
+        &self,
+        headers: &HeaderMap,
+        client: IpAddr,
+        method: &Method,
+        path: &str,
+        metrics: Option<&Metrics>,
+        limits: bool,
+    ) -> Decided {
         let live = self.live.load();
         let blocked = self.throttle.as_ref().and_then(|t| t.blocked(client));
         // With Redis, what the shared count found (no call here).
@@ -232,6 +247,7 @@ impl Guard {
         let mut limit = None;
         let mut pending = None;
         if let Outcome::Valid(id) = outcome
+            && limits
             && let Some(Some(limiter)) = live.limiters.get(id.index())
         {
             let (mono, wall) = self.counters.now();

@@ -159,12 +159,13 @@ impl App {
         let client = checking.source.unwrap_or(peer);
         let metrics = self.metrics_on.then_some(&self.metrics);
         let (outcome, mut limit, pending, mut allowed) = {
-            let decided = self.guard.decide(
+            let decided = self.guard.decide_counting(
                 &checking.headers,
                 client,
                 &checking.method,
                 &checking.path,
                 metrics,
+                !checking.limits_elsewhere,
             );
             let allowed = match (decided.outcome, decided.key()) {
                 (Outcome::Valid(_), Some(key)) => Some(authz::allowed(key, &self.token_header)),

@@ -31,7 +31,14 @@ pub(crate) struct Checking {
     pub(crate) headers: HeaderMap,
     /// `attributes.source.address`: the client, as Envoy saw it.
     pub(crate) source: Option<IpAddr>,
+    /// The route's `context_extensions` say `tokengate_limits:
+    /// rate_limit_service`: Envoy's rate-limit filter asks
+    /// `ShouldRateLimit`, so Check does not count the key's limits too.
+    pub(crate) limits_elsewhere: bool,
 }
+
+/// The context extension that hands the limits to the rate-limit service.
+const LIMITS_EXTENSION: (&str, &str) = ("tokengate_limits", "rate_limit_service");
 
 const UNREADABLE: Status = Status::new(
     Code::InvalidArgument,
@@ -94,11 +101,16 @@ pub(crate) fn checking(
             Some(AddressKind::SocketAddress(socket)) => socket.address.parse().ok(),
             _ => None,
         });
+    let limits_elsewhere = attributes
+        .context_extensions
+        .get(LIMITS_EXTENSION.0)
+        .is_some_and(|v| v == LIMITS_EXTENSION.1);
     Ok(Checking {
         method,
         path,
         headers,
         source,
+        limits_elsewhere,
     })
 }
 

@@ -524,3 +524,37 @@ async fn rls_and_check_share_a_redis_store_across_replicas() {
     let calls = redis.calls("evalsha").await + redis.calls("eval").await;
     assert_eq!(calls, 5, "one store call per descriptor or check");
 }
+
+/// Envoy's configuration in `deploy/proxies/envoy.yaml` hands the limits to
+/// the rate-limit filter (a context extension): Check then decides on the
+/// key alone and ShouldRateLimit counts, once a request.
+#[tokio::test]
+async fn check_leaves_the_limits_to_the_rate_limit_service_when_told() {
+    if !client_available() {
+        return;
+    }
+    let s = server().await;
+    let mut handed = check(Some("alice-key-00000001"), "GET", "/");
+    handed["context"] = json!({"tokengate_limits": "rate_limit_service"});
+    let r = calls(s.addr, Value::Array(vec![handed; 7])).await;
+    for answer in &r {
+        assert_eq!(
+            answer["response"]["status"],
+            json!({}),
+            "not counted: {answer}"
+        );
+        assert!(
+            answer["response"]["okResponse"]
+                .get("responseHeadersToAdd")
+                .is_none()
+        );
+        assert_eq!(
+            answer["response"]["dynamicMetadata"]["tokengate_key"],
+            "alice"
+        );
+    }
+    let rls = json!({"call": "rls", "descriptors": [{"entries": [["tokengate_key", "alice"]]}]});
+    let r = calls(s.addr, Value::Array(vec![rls; 6])).await;
+    let codes: Vec<&Value> = r.iter().map(|a| &a["response"]["overallCode"]).collect();
+    assert_eq!(codes, ["OK", "OK", "OK", "OK", "OK", "OVER_LIMIT"], "{r:?}");
+}

@@ -7,7 +7,7 @@ Usage: grpc_client.py HOST:PORT < calls.json
 Reads a JSON list of calls from stdin, makes each on one channel in order, and prints one JSON
 object per call on stdout:
   {"call": "check", "method": "GET", "path": "/x", "headers": {...}, "source": "192.0.2.1",
-   "raw_headers": false}
+   "raw_headers": false, "context": {...context_extensions}}
       -> {"response": <CheckResponse as JSON>}
   {"call": "rls", "descriptors": [{"entries": [["k", "v"]], "hits": 2}], "hits": 1}
       -> {"response": <RateLimitResponse as JSON>}
@@ -40,6 +40,8 @@ def check(channel, call):
             h.raw_value = value.encode()
         else:
             http.headers[name] = value
+    for name, value in call.get("context", {}).items():
+        req.attributes.context_extensions[name] = value
     if "source" in call:
         req.attributes.source.address.socket_address.address = call["source"]
     return external_auth_pb2_grpc.AuthorizationStub(channel).Check(req, timeout=30)
