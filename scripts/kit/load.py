@@ -14,9 +14,10 @@ def parse_duration_us(s):
     return v * {"us": 1, "ms": 1e3, "s": 1e6, "m": 60e6}[unit]
 
 
-def generate(args, cmd, server, path, headers, gen_pin):
-    """Runs a load generator's `cmd` against server's `path` with `headers` (pinned to gen_pin's
-    cores); its standard output."""
+def generate(args, cmd, server, path, headers, gen_pin, extra=()):
+    """Runs a load generator's `cmd` against server's `path` with `headers` and `extra` arguments
+    (pinned to gen_pin's cores); its standard output."""
+    cmd = cmd + list(extra)
     for k, v in headers.items():
         cmd = cmd + ["-H", f"{k}: {v}"]
     cmd = cmd + [f"http://{server.addr}{path}"]
@@ -41,11 +42,12 @@ def run_wrk(args, server, path, headers, gen_pin):
     return res
 
 
-def run_h2load(args, server, path, headers, gen_pin):
+def run_h2load(args, server, path, headers, gen_pin, extra=()):
+    """h2load for args.duration; `extra`: more of its arguments (`-d FILE` to POST a body)."""
     with tempfile.NamedTemporaryFile(suffix=".log") as lf:
         cmd = ["h2load", "-D", str(args.duration), "-c", str(args.connections), "-m", str(args.streams),
                "-t", str(args.threads), "--log-file", lf.name]
-        out = generate(args, cmd, server, path, headers, gen_pin)
+        out = generate(args, cmd, server, path, headers, gen_pin, extra)
         lat, statuses = [], {}
         with open(lf.name) as f:
             for line in f:

@@ -158,7 +158,7 @@ impl App {
         // Envoy is the peer: the client is whom it names.
         let client = checking.source.unwrap_or(peer);
         let metrics = self.metrics_on.then_some(&self.metrics);
-        let (outcome, mut limit, pending, mut allowed) = {
+        let (outcome, mut limit, pending, allowed) = {
             let decided = self.guard.decide_counting(
                 &checking.headers,
                 client,
@@ -168,7 +168,9 @@ impl App {
                 !checking.limits_elsewhere,
             );
             let allowed = match (decided.outcome, decided.key()) {
-                (Outcome::Valid(_), Some(key)) => Some(authz::allowed(key, &self.token_header)),
+                (Outcome::Valid(_), Some(key)) => {
+                    Some(authz::allowed_encoded(key, &self.token_header).clone())
+                }
                 _ => None,
             };
             (decided.outcome, decided.limit, decided.pending, allowed)
@@ -203,23 +205,22 @@ impl App {
             Outcome::Forbidden(_) => (Code::PermissionDenied, None),
             Outcome::Throttled(_) | Outcome::Limited(..) => (Code::ResourceExhausted, None),
         };
-        let answer = match (denial, &mut allowed) {
+        let response = match (denial, allowed) {
             (None, Some(ok)) if code == Code::Ok => {
-                if let Some(limit) = &limit {
-                    authz::with_limits(ok, limit);
-                }
-                allowed.take()
+                let limits = limit.as_ref().map(authz::limits_part).unwrap_or_default();
+                grpc::respond_encoded(&[&ok, &limits])
             }
             (denial, _) => {
                 let mut denied = denial
                     .or_else(|| self.denial(&outcome, false, &self.responses.refusals))
                     .unwrap_or_else(|| self.responses.unauthorized_invalid.respond(false));
                 super::limit_headers(&mut denied, limit.take());
-                Some(authz::denied(code, &collected(denied).await))
+                let answer = authz::denied(code, &collected(denied).await);
+                grpc::respond(Some(&answer), Status::OK)
             }
         };
         Called {
-            response: grpc::respond(answer.as_ref(), Status::OK),
+            response,
             outcome: Some(code.into()),
             auth: Some(outcome),
             original: Some((checking.method, checking.path)),

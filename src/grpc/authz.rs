@@ -16,6 +16,7 @@ use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use http::{HeaderMap, HeaderName, Method};
+use prost::Message;
 
 use super::{Code, Status};
 use crate::keys::Key;
@@ -80,8 +81,12 @@ pub(crate) fn checking(
             headers.append((*name).clone(), value);
         }
     };
-    for (name, value) in &http.headers {
-        keep(name, value.as_bytes());
+    // Envoy's `headers` map has lower-case keys (header names are
+    // lower-case in Envoy): two look-ups, whatever else it carries.
+    for name in wanted {
+        if let Some(value) = http.headers.get(name.as_str()) {
+            keep(name.as_str(), value.as_bytes());
+        }
     }
     if let Some(map) = &http.header_map {
         for header in &map.headers {
@@ -178,19 +183,34 @@ fn metadata(key: &Key) -> Struct {
     Struct { fields }
 }
 
-/// Adds the rate-limit fields to an allowed request's client response.
-pub(crate) fn with_limits(allowed: &mut CheckResponse, limit: &Checked) {
-    if let Some(HttpResponse::OkResponse(ok)) = &mut allowed.http_response {
-        ok.response_headers_to_add = vec![
-            set("ratelimit-policy", limit.policy.as_bytes()),
-            set("ratelimit", limit.remaining.as_bytes()),
-        ];
-    }
+/// The rate-limit fields for an allowed request's client response, as the
+/// part of an encoded `CheckResponse` that follows [`allowed`]'s: protobuf
+/// merges a message field that comes twice (the encoding spec: "the parser
+/// merges multiple instances of the same field"), so the two parts are one
+/// `ok_response` with both.
+pub(crate) fn limits_part(limit: &Checked) -> Vec<u8> {
+    let part = CheckResponse {
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            response_headers_to_add: vec![
+                set("ratelimit-policy", limit.policy.as_bytes()),
+                set("ratelimit", limit.remaining.as_bytes()),
+            ],
+            ..OkHttpResponse::default()
+        })),
+        ..CheckResponse::default()
+    };
+    part.encode_to_vec()
+}
+
+/// The encoded "allow" of `key`, built once per key: OK, `x-auth-key-label`
+/// set, the credential headers removed, the key's metadata.
+pub(crate) fn allowed_encoded<'k>(key: &'k Key, token_header: &HeaderName) -> &'k bytes::Bytes {
+    key.allow_check(|key| allowed(key, token_header).encode_to_vec().into())
 }
 
 /// OK: the request goes on with `x-auth-key-label` and without the
-/// credential headers (the rate-limit fields: [`with_limits`]).
-pub(crate) fn allowed(key: &Key, token_header: &HeaderName) -> CheckResponse {
+/// credential headers (the rate-limit fields: [`limits_part`]).
+fn allowed(key: &Key, token_header: &HeaderName) -> CheckResponse {
     CheckResponse {
         status: Some(rpc::Status {
             code: Code::Ok as i32,

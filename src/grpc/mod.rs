@@ -145,6 +145,23 @@ pub(crate) enum Code {
     Unauthenticated = 16,
 }
 
+impl Code {
+    /// The `grpc-status` value (no formatting per call).
+    fn value(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Code::Ok => "0",
+            Code::InvalidArgument => "3",
+            Code::DeadlineExceeded => "4",
+            Code::NotFound => "5",
+            Code::PermissionDenied => "7",
+            Code::ResourceExhausted => "8",
+            Code::Unimplemented => "12",
+            Code::Unavailable => "14",
+            Code::Unauthenticated => "16",
+        })
+    }
+}
+
 impl Status {
     pub(crate) const OK: Status = Status::new(Code::Ok, "");
 
@@ -294,8 +311,25 @@ pub(crate) fn respond(message: Option<&impl prost::Message>, status: Status) -> 
         }
         None => Bytes::new(),
     };
+    answer(body, status)
+}
+
+/// The answer to a call whose message is already encoded, in `parts` (one
+/// message: see `authz::limits_part`), with status OK.
+pub(crate) fn respond_encoded(parts: &[&[u8]]) -> Response<GrpcBody> {
+    let length: usize = parts.iter().map(|p| p.len()).sum();
+    let mut buf = BytesMut::with_capacity(5 + length);
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(length).unwrap_or(u32::MAX));
+    for part in parts {
+        buf.put_slice(part);
+    }
+    answer(buf.freeze(), Status::OK)
+}
+
+fn answer(body: Bytes, status: Status) -> Response<GrpcBody> {
     let mut trailers = HeaderMap::with_capacity(2);
-    trailers.insert(GRPC_STATUS, HeaderValue::from(status.code as i32));
+    trailers.insert(GRPC_STATUS, status.code.value());
     if !status.message.is_empty() {
         // Fixed ASCII texts: nothing to percent-encode.
         trailers.insert(GRPC_MESSAGE, HeaderValue::from_static(status.message));

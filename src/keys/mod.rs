@@ -105,6 +105,9 @@ pub struct Key {
     /// use (`crate::forward_auth`): a request then clones a map instead of
     /// hashing three header names.
     allow_headers: OnceLock<HeaderMap>,
+    /// The encoded gRPC Check "allow" naming this key, built on first use
+    /// (`crate::grpc::authz`).
+    allow_check: OnceLock<bytes::Bytes>,
 }
 
 impl Key {
@@ -123,6 +126,7 @@ impl Key {
             owner: None,
             limits: Limits::default(),
             allow_headers: OnceLock::new(),
+            allow_check: OnceLock::new(),
         }
     }
 
@@ -148,6 +152,12 @@ impl Key {
     #[inline]
     pub fn allow_headers(&self, build: impl FnOnce(&Key) -> HeaderMap) -> &HeaderMap {
         self.allow_headers.get_or_init(|| build(self))
+    }
+
+    /// The key's encoded Check "allow", built by `build` the first time.
+    #[inline]
+    pub(crate) fn allow_check(&self, build: impl FnOnce(&Key) -> bytes::Bytes) -> &bytes::Bytes {
+        self.allow_check.get_or_init(|| build(self))
     }
 
     /// Limits the key to these scopes (alternatives; none means everything).
