@@ -558,3 +558,40 @@ async fn check_leaves_the_limits_to_the_rate_limit_service_when_told() {
     let codes: Vec<&Value> = r.iter().map(|a| &a["response"]["overallCode"]).collect();
     assert_eq!(codes, ["OK", "OK", "OK", "OK", "OK", "OVER_LIMIT"], "{r:?}");
 }
+
+/// `--limits-store-failure closed` with the store gone: Check denies with
+/// UNAVAILABLE and the HTTP 503; ShouldRateLimit fails the call, so
+/// Envoy's own failure mode decides.
+#[tokio::test]
+async fn a_closed_store_that_is_gone_is_unavailable() {
+    if !client_available() {
+        return;
+    }
+    use crate::limits_redis::{Redis, store};
+    use tokengate::config::StoreFailure;
+    let Some(mut redis) = Redis::start("redis-grpc-closed", None).await else {
+        return;
+    };
+    let keys = "alice-key-00000001 alice rate=5/h\n";
+    let s = TestServer::with(
+        keys_from(keys),
+        store(&redis, StoreFailure::Closed),
+        Limits::default(),
+    )
+    .await;
+    let _ = redis.child.kill();
+    let _ = redis.child.wait();
+    let rls = json!({"call": "rls", "descriptors": [{"entries": [["tokengate_key", "alice"]]}]});
+    let r = calls(
+        s.addr,
+        json!([check(Some("alice-key-00000001"), "GET", "/"), rls]),
+    )
+    .await;
+    assert_eq!(r[0]["response"]["status"]["code"], 14, "{}", r[0]);
+    assert_eq!(
+        r[0]["response"]["deniedResponse"]["status"]["code"],
+        "ServiceUnavailable"
+    );
+    assert_eq!(denied_header(&r[0], "retry-after"), Some("1"));
+    assert_eq!(r[1]["error"], "UNAVAILABLE", "{}", r[1]);
+}

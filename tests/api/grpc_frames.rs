@@ -18,8 +18,18 @@ const HEALTH: &str = "http://x/grpc.health.v1.Health/Check";
 const CAP: Duration = Duration::from_secs(30);
 
 async fn connect(server: &TestServer) -> SendRequest<Bytes> {
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    connect_to(server.addr).await
+}
+
+async fn connect_to(addr: std::net::SocketAddr) -> SendRequest<Bytes> {
+    handshake(tokio::net::TcpStream::connect(addr).await.unwrap()).await
+}
+
+async fn handshake<T>(io: T) -> SendRequest<Bytes>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = h2::client::handshake(io).await.unwrap();
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -213,4 +223,58 @@ async fn a_stream_reset_mid_message_leaves_the_server_serving() {
     // And on a new connection.
     let mut fresh = connect(&s).await;
     still_serving(&mut fresh).await;
+}
+
+#[tokio::test]
+async fn grpc_over_tls_h2() {
+    let dir = crate::support::TempDir::new("grpc-tls");
+    let cert = crate::tls::make_cert(&dir, "g");
+    let (addr, _stop) = crate::tls::in_process(&cert, Limits::default()).await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = crate::tls::connector(&[&cert.der], &[b"h2"])
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut c = handshake(tls).await;
+    still_serving(&mut c).await;
+}
+
+/// Gateway mode: gRPC is tokengate's on `--admin-listen`; on the main
+/// listener every path is the upstream's, gRPC ones included.
+#[tokio::test]
+async fn in_gateway_mode_grpc_is_on_the_admin_listener() {
+    let up = crate::gateway::Upstream_::default();
+    let upstream = up.start().await;
+    let url = format!("http://{upstream}");
+    let server = crate::support::Spawned::start(
+        &["--upstream", &url, "--admin-listen", "127.0.0.1:0"],
+        &[("TOKENGATE_TOKEN", "full-access-key-1")],
+    )
+    .await;
+    server.wait_for_log("admin endpoints on http://").await;
+    let log = server.log();
+    let admin: std::net::SocketAddr = log
+        .split("admin endpoints on http://")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in:\n{log}"));
+    let mut c = connect_to(admin).await;
+    still_serving(&mut c).await;
+    let before = up.count();
+    let mut main = connect_to(server.addr).await;
+    let with_key = [
+        ("content-type", "application/grpc"),
+        ("x-token", "full-access-key-1"),
+    ];
+    let a = call(&mut main, HEALTH, &with_key, &[b"\0\0\0\0\0"], true).await;
+    assert_eq!(
+        a.grpc_status(),
+        None,
+        "the upstream's answer, not tokengate's"
+    );
+    assert_eq!(up.count(), before + 1, "passed on");
+    let a = call(&mut main, HEALTH, &GRPC, &[b"\0\0\0\0\0"], true).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "the gate first");
 }
