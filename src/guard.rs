@@ -130,7 +130,7 @@ impl Guard {
                 .expect("the URL was validated with the configuration"),
             )
         });
-        let limiters = counters.limiters(&keys);
+        let limiters = counters.limiters(owners(&keys));
         Guard {
             live: ArcSwap::from_pointee(Live::new(keys, ok, limiters)),
             counters,
@@ -152,7 +152,7 @@ impl Guard {
     /// with the set it started with.
     pub(crate) fn replace_keys(&self, keys: KeySet, metrics: &Metrics) {
         let ok = metrics.key_counters(&keys);
-        let limiters = self.counters.limiters(&keys);
+        let limiters = self.counters.limiters(owners(&keys));
         self.live.store(Arc::new(Live::new(keys, ok, limiters)));
     }
 
@@ -321,6 +321,11 @@ impl Guard {
             .map(|k| k.label_arc())
             .collect()
     }
+}
+
+/// Each key's owner and limits, for [`Counters::limiters`].
+fn owners(keys: &KeySet) -> impl Iterator<Item = (&Arc<str>, crate::limits::Limits)> {
+    keys.keys().iter().map(|k| (k.owner(), *k.limits()))
 }
 
 #[inline]

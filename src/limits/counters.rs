@@ -11,7 +11,6 @@ use http::HeaderValue;
 
 use super::Limits;
 use super::period::{self, Counted, Gcra, Verdict};
-use crate::keys::KeySet;
 
 /// Which limit refused a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -276,22 +275,22 @@ impl Counters {
 }
 
 impl Counters {
-    /// The limiter of each key of `keys` (aligned with them; `None` for a key
-    /// without limits). An owner keeps its limiter, and so its counters, as
-    /// long as its limits stay the same; owners no longer in `keys` are
-    /// dropped.
-    pub(crate) fn limiters(&self, keys: &KeySet) -> Vec<Option<Arc<Limiter>>> {
+    /// The limiter of each key, given as its owner and limits (aligned with
+    /// them; `None` for a key without limits). An owner keeps its limiter,
+    /// and so its counters, as long as its limits stay the same; owners no
+    /// longer in `keys` are dropped.
+    pub(crate) fn limiters<'k>(
+        &self,
+        keys: impl IntoIterator<Item = (&'k Arc<str>, Limits)>,
+    ) -> Vec<Option<Arc<Limiter>>> {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
         let mut kept: HashMap<Arc<str>, Arc<Limiter>> = HashMap::new();
         let limiters = keys
-            .keys()
-            .iter()
-            .map(|key| {
-                let limits = *key.limits();
+            .into_iter()
+            .map(|(owner, limits)| {
                 if !limits.is_limited() {
                     return None;
                 }
-                let owner = key.owner();
                 let limiter = kept
                     .get(owner)
                     .or_else(|| owners.get(owner).filter(|l| l.limits == limits))
@@ -322,7 +321,12 @@ impl Counters {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::keys::{Digest, Key, KeySource};
+    use crate::keys::{Digest, Key, KeySet, KeySource};
+
+    /// What `Counters::limiters` takes of a key set.
+    fn owners(keys: &KeySet) -> impl Iterator<Item = (&Arc<str>, Limits)> {
+        keys.keys().iter().map(|k| (k.owner(), *k.limits()))
+    }
     use crate::limits::period::Period;
     use crate::limits::{Quota, Rate};
 
@@ -366,7 +370,7 @@ mod tests {
         let mut keys = KeySet::new();
         keys.insert(key("a", "a", None, TEN_A_SECOND_AND_THREE_A_DAY))
             .unwrap();
-        let limiter = counters.limiters(&keys)[0].clone().unwrap();
+        let limiter = counters.limiters(owners(&keys))[0].clone().unwrap();
         assert_eq!(limiter.policy, "\"rate\";q=10;w=1, \"day\";q=3;w=86400");
         let noon = 1_709_208_000;
         let (mono, _) = counters.now();
@@ -400,7 +404,7 @@ mod tests {
         let mut keys = KeySet::new();
         keys.insert(key("old", "old", Some("team"), quota_only))
             .unwrap();
-        let first = counters.limiters(&keys)[0].clone().unwrap();
+        let first = counters.limiters(owners(&keys))[0].clone().unwrap();
         let (mono, wall) = counters.now();
         assert!(first.check(mono, wall, 1).refused.is_none());
         // The old key is replaced by a new one of the same owner.
@@ -411,7 +415,7 @@ mod tests {
         rotated
             .insert(key("free", "free", None, Limits::default()))
             .unwrap();
-        let limiters = counters.limiters(&rotated);
+        let limiters = counters.limiters(owners(&rotated));
         let second = limiters[0].clone().unwrap();
         assert!(Arc::ptr_eq(&first, &second));
         assert!(limiters[1].is_none());
@@ -432,7 +436,7 @@ mod tests {
         changed
             .insert(key("new", "new", Some("team"), more))
             .unwrap();
-        let third = counters.limiters(&changed)[0].clone().unwrap();
+        let third = counters.limiters(owners(&changed))[0].clone().unwrap();
         assert!(!Arc::ptr_eq(&first, &third));
         assert!(third.check(mono, wall, 1).refused.is_none());
     }

@@ -11,7 +11,7 @@ pub use counters::LimitKind;
 pub(crate) use counters::{Checked, Counters, Limiter};
 use period::Period;
 pub use redis::{Failure, StoreUrlError};
-pub(crate) use redis::{RedisStore, Stored};
+pub(crate) use redis::{RedisStore, STORE_ERROR_KINDS, StoreMetrics, Stored};
 
 /// Where the counters live (`--limits-store` and its companions).
 #[derive(Clone)]

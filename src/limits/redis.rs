@@ -15,7 +15,9 @@ use tracing::warn;
 
 use super::counters::{Checked, Limiter};
 use super::period::{Period, Verdict};
-use crate::metrics::{STORE_ERROR_KINDS, StoreMetrics};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// How often a down store is probed.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(500);
@@ -43,6 +45,25 @@ pub struct StoreUrlError;
 const MAX_FAILURE_CALLS: usize = 256;
 /// Client addresses the store found throttled, remembered at most.
 const BLOCKED_CAPACITY: usize = 65_536;
+
+/// The `kind` label of `tokengate_limits_store_errors_total`: a failed call
+/// timed out, lost its connection, was refused its password, got an error
+/// from Redis, got an answer the script does not give, or anything else.
+pub(crate) const STORE_ERROR_KINDS: [&str; 6] =
+    ["timeout", "io", "auth", "server", "reply", "other"];
+
+/// The limits store's series (with `--limits-store redis://…` only).
+#[derive(Clone, Debug)]
+pub(crate) struct StoreMetrics {
+    /// 1 while calls succeed, 0 from a failure until a probe answers.
+    pub(crate) up: Gauge,
+    /// Calls by result: `ok`, `error`, `timeout`.
+    pub(crate) calls: [Counter; 3],
+    /// Failed calls by kind, in the order of [`STORE_ERROR_KINDS`].
+    pub(crate) errors: [Counter; 6],
+    /// Time a call took (successful ones).
+    pub(crate) duration: Histogram,
+}
 
 /// The Redis store.
 pub(crate) struct RedisStore {

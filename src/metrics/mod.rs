@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 
 use crate::keys::KeySet;
 use crate::keys::Outcome;
-use crate::limits::LimitKind;
+use crate::limits::{LimitKind, StoreMetrics};
 use crate::routes::RouteIndex;
 use labels::{
     AuthLabels, KeyLabel, KindLabel, ProtocolLabel, ResultLabel, RouteLabel, RouteStatus, STATUSES,
@@ -31,7 +31,6 @@ mod labels;
 mod store;
 
 pub(crate) use grpc::GrpcMetrics;
-pub(crate) use store::{STORE_ERROR_KINDS, StoreMetrics};
 
 /// Reads the access-log writer's count of dropped lines.
 pub type DroppedSource = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -141,7 +140,7 @@ impl Metrics {
         grpc: bool,
     ) -> Self {
         let mut registry = Registry::with_prefix("tokengate");
-        let store = store.then(|| StoreMetrics::register(&mut registry));
+        let store = store.then(|| store::register(&mut registry));
         let grpc = grpc.then(|| GrpcMetrics::register(&mut registry));
 
         let requests_family = Family::<RouteStatus, Counter>::default();

@@ -8,64 +8,45 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::labels::{KindLabel, ResultLabel};
+use crate::limits::{STORE_ERROR_KINDS, StoreMetrics};
 
-/// The `kind` label of `tokengate_limits_store_errors_total`: a failed call
-/// timed out, lost its connection, was refused its password, got an error
-/// from Redis, got an answer the script does not give, or anything else.
-pub(crate) const STORE_ERROR_KINDS: [&str; 6] =
-    ["timeout", "io", "auth", "server", "reply", "other"];
-
-/// The limits store's series (with `--limits-store redis://…` only).
-#[derive(Clone, Debug)]
-pub(crate) struct StoreMetrics {
-    /// 1 while calls succeed, 0 from a failure until a probe answers.
-    pub(crate) up: Gauge,
-    /// Calls by result: `ok`, `error`, `timeout`.
-    pub(crate) calls: [Counter; 3],
-    /// Failed calls by kind, in the order of [`STORE_ERROR_KINDS`].
-    pub(crate) errors: [Counter; 6],
-    /// Time a call took (successful ones).
-    pub(crate) duration: Histogram,
-}
-
-impl StoreMetrics {
-    pub(super) fn register(registry: &mut Registry) -> Self {
-        let up = Gauge::default();
-        up.set(1);
-        registry.register(
-            "limits_store_up",
-            "Whether the limits store answers (0: requests follow --limits-store-failure)",
-            up.clone(),
-        );
-        let calls_family = Family::<ResultLabel, Counter>::default();
-        registry.register(
-            "limits_store_calls",
-            "Calls to the limits store, by result (ok, error, timeout)",
-            calls_family.clone(),
-        );
-        let calls = ["ok", "error", "timeout"]
-            .map(|result| calls_family.get_or_create_owned(&ResultLabel { result }));
-        let errors_family = Family::<KindLabel, Counter>::default();
-        registry.register(
-            "limits_store_errors",
-            "Failed limits-store calls, by kind (timeout, io, auth, server, reply, other)",
-            errors_family.clone(),
-        );
-        let errors =
-            STORE_ERROR_KINDS.map(|kind| errors_family.get_or_create_owned(&KindLabel { kind }));
-        let duration = Histogram::new([
-            0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
-        ]);
-        registry.register(
-            "limits_store_duration_seconds",
-            "Time a successful limits-store call took",
-            duration.clone(),
-        );
-        StoreMetrics {
-            up,
-            calls,
-            errors,
-            duration,
-        }
+/// Registers the limits store's series.
+pub(super) fn register(registry: &mut Registry) -> StoreMetrics {
+    let up = Gauge::default();
+    up.set(1);
+    registry.register(
+        "limits_store_up",
+        "Whether the limits store answers (0: requests follow --limits-store-failure)",
+        up.clone(),
+    );
+    let calls_family = Family::<ResultLabel, Counter>::default();
+    registry.register(
+        "limits_store_calls",
+        "Calls to the limits store, by result (ok, error, timeout)",
+        calls_family.clone(),
+    );
+    let calls = ["ok", "error", "timeout"]
+        .map(|result| calls_family.get_or_create_owned(&ResultLabel { result }));
+    let errors_family = Family::<KindLabel, Counter>::default();
+    registry.register(
+        "limits_store_errors",
+        "Failed limits-store calls, by kind (timeout, io, auth, server, reply, other)",
+        errors_family.clone(),
+    );
+    let errors =
+        STORE_ERROR_KINDS.map(|kind| errors_family.get_or_create_owned(&KindLabel { kind }));
+    let duration = Histogram::new([
+        0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    ]);
+    registry.register(
+        "limits_store_duration_seconds",
+        "Time a successful limits-store call took",
+        duration.clone(),
+    );
+    StoreMetrics {
+        up,
+        calls,
+        errors,
+        duration,
     }
 }
