@@ -182,22 +182,11 @@ impl Guard {
     /// match the key set in use are at hand. The [`Decided`] keeps that key
     /// set, so the key the outcome names is read from the set that decided (a
     /// reload in between cannot swap it for another).
+    ///
+    /// A valid key's limits are counted only with `limits` (false: a gRPC
+    /// Check whose limits Envoy's rate-limit filter applies).
     #[inline]
     pub(crate) fn decide(
-        &self,
-        headers: &HeaderMap,
-        client: IpAddr,
-        method: &Method,
-        path: &str,
-        metrics: Option<&Metrics>,
-    ) -> Decided {
-        self.decide_counting(headers, client, method, path, metrics, true)
-    }
-
-    /// [`Guard::decide`], counting the key's limits only with `limits` (a
-    /// gRPC Check whose limits Envoy's rate-limit filter applies).
-    #[inline]
-    pub(crate) fn decide_counting(
         &self,
         headers: &HeaderMap,
         client: IpAddr,

@@ -109,9 +109,9 @@ impl GatewayService {
             return Step::Forward(forward(None));
         }
         let metrics = app.metrics_on.then_some(&app.metrics);
-        let mut decided = app
-            .guard
-            .decide(req.headers(), client, req.method(), &path, metrics);
+        let mut decided =
+            app.guard
+                .decide(req.headers(), client, req.method(), &path, metrics, true);
         if let Some(pending) = decided.pending.take() {
             // A Redis store counts the key before the request goes on.
             let forward = forward(decided.key().map(|k| k.label_value().clone()));

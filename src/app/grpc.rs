@@ -159,7 +159,7 @@ impl App {
         let client = checking.source.unwrap_or(peer);
         let metrics = self.metrics_on.then_some(&self.metrics);
         let (outcome, mut limit, pending, allowed) = {
-            let decided = self.guard.decide_counting(
+            let decided = self.guard.decide(
                 &checking.headers,
                 client,
                 &checking.method,

@@ -323,6 +323,7 @@ impl App {
             req.method(),
             route.route.path,
             metrics,
+            true,
         );
         let mut response = self
             .denial(&decided.outcome, head, &self.responses.refusals)
@@ -390,6 +391,7 @@ impl App {
             &original.method,
             &original.path,
             metrics,
+            true,
         );
         let denial = self.denial(&decided.outcome, head, &self.forward.refusals);
         answer.response = match (denial, decided.key()) {

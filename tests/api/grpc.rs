@@ -101,16 +101,19 @@ fn ok_header<'a>(r: &'a Value, list: &str, name: &str) -> Option<&'a str> {
         .and_then(|h| h["header"]["value"].as_str())
 }
 
-async fn server() -> TestServer {
-    TestServer::with(keys_from(KEYS), AppConfig::default(), Limits::default()).await
+/// A server with [`KEYS`], if the client is there to speak to it.
+async fn started() -> Option<TestServer> {
+    if !client_available() {
+        return None;
+    }
+    Some(TestServer::with(keys_from(KEYS), AppConfig::default(), Limits::default()).await)
 }
 
 #[tokio::test]
 async fn check_allows_a_valid_key_with_its_label_metadata_and_limits() {
-    if !client_available() {
+    let Some(s) = started().await else {
         return;
-    }
-    let s = server().await;
+    };
     let r = one(
         s.addr,
         check(Some("alice-key-00000001"), "POST", "/orders?id=1"),
@@ -173,10 +176,9 @@ async fn check_allows_a_valid_key_with_its_label_metadata_and_limits() {
 
 #[tokio::test]
 async fn check_denies_with_the_http_answer_envoy_sends() {
-    if !client_available() {
+    let Some(s) = started().await else {
         return;
-    }
-    let s = server().await;
+    };
     let r = calls(
         s.addr,
         json!([
@@ -233,10 +235,9 @@ async fn check_denies_with_the_http_answer_envoy_sends() {
 
 #[tokio::test]
 async fn check_counts_limits_and_answers_429_over_them() {
-    if !client_available() {
+    let Some(s) = started().await else {
         return;
-    }
-    let s = server().await;
+    };
     let all: Vec<Value> = (0..6)
         .map(|_| check(Some("alice-key-00000001"), "GET", "/"))
         .collect();
@@ -306,10 +307,9 @@ async fn check_throttles_the_source_envoy_names() {
 
 #[tokio::test]
 async fn the_rate_limit_service_counts_the_keys_descriptors_name() {
-    if !client_available() {
+    let Some(s) = started().await else {
         return;
-    }
-    let s = server().await;
+    };
     let key = |label: &str| json!([["tokengate_key", label]]);
     let r = calls(
         s.addr,
@@ -357,10 +357,9 @@ async fn the_rate_limit_service_counts_the_keys_descriptors_name() {
 
 #[tokio::test]
 async fn health_and_unknown_methods() {
-    if !client_available() {
+    let Some(s) = started().await else {
         return;
-    }
-    let s = server().await;
+    };
     let r = calls(
         s.addr,
         json!([
@@ -530,10 +529,9 @@ async fn rls_and_check_share_a_redis_store_across_replicas() {
 /// key alone and ShouldRateLimit counts, once a request.
 #[tokio::test]
 async fn check_leaves_the_limits_to_the_rate_limit_service_when_told() {
-    if !client_available() {
+    let Some(s) = started().await else {
         return;
-    }
-    let s = server().await;
+    };
     let mut handed = check(Some("alice-key-00000001"), "GET", "/");
     handed["context"] = json!({"tokengate_limits": "rate_limit_service"});
     let r = calls(s.addr, Value::Array(vec![handed; 7])).await;

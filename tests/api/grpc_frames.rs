@@ -252,14 +252,7 @@ async fn in_gateway_mode_grpc_is_on_the_admin_listener() {
         &[("TOKENGATE_TOKEN", "full-access-key-1")],
     )
     .await;
-    server.wait_for_log("admin endpoints on http://").await;
-    let log = server.log();
-    let admin: std::net::SocketAddr = log
-        .split("admin endpoints on http://")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no admin address in:\n{log}"));
+    let admin = server.admin_addr().await;
     let mut c = connect_to(admin).await;
     still_serving(&mut c).await;
     let before = up.count();

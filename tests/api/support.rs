@@ -302,6 +302,17 @@ impl Spawned {
     }
 
     /// The log so far (the process may still be writing).
+    /// The `--admin-listen` address the start-up log announces.
+    pub async fn admin_addr(&self) -> SocketAddr {
+        self.wait_for_log("admin endpoints on http://").await;
+        let log = self.log();
+        log.split("admin endpoints on http://")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no admin address in:\n{log}"))
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }

@@ -128,14 +128,7 @@ async fn admin_listener_takes_tokengates_own_routes() {
         &[("TOKENGATE_TOKEN", "full-access-key-1")],
     )
     .await;
-    server.wait_for_log("admin endpoints on http://").await;
-    let log = server.log();
-    let admin: SocketAddr = log
-        .split("admin endpoints on http://")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no admin address in:\n{log}"));
+    let admin = server.admin_addr().await;
     // The main listener passes even /healthz on (with a key).
     let r = get_with_key(server.addr, "/healthz").await;
     assert_eq!(r.text(), "upstream saw /healthz");
