@@ -18,7 +18,8 @@ use std::time::Instant;
 
 use futures_util::{FutureExt, future};
 use http::{Request, Response, Version};
-use http_body_util::Either;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -345,8 +346,10 @@ fn count_request<B>(app: &App, seen: &Activity, req: &Request<B>) {
     bump(&seen.requests);
 }
 
-/// A standalone listener's body: a prebuilt answer, or a gRPC call's.
-type StandaloneBody = Either<crate::responses::Body, GrpcBody>;
+/// A standalone listener's body: a prebuilt answer, or a gRPC call's (boxed:
+/// its trailers make it larger than a prebuilt body, and every answer would
+/// carry that size).
+type StandaloneBody = Either<crate::responses::Body, UnsyncBoxBody<bytes::Bytes, Infallible>>;
 
 /// A gRPC call's answer.
 type GrpcCall = Pin<Box<dyn Future<Output = Response<GrpcBody>> + Send>>;
@@ -372,7 +375,7 @@ fn standalone_service(
         if app.wants_grpc(&req) {
             let call: GrpcCall = Box::pin(Arc::clone(&app).grpc(req, peer_ip));
             return future::Either::Right(future::Either::Right(
-                call.map(|r| Ok(r.map(Either::Right))),
+                call.map(|r| Ok(r.map(|body| Either::Right(body.boxed_unsync())))),
             ));
         }
         // The request (and its body, unread) is dropped here: hyper then
