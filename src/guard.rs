@@ -215,11 +215,14 @@ impl Guard {
         let mut outcome = live
             .keys
             .authorize(headers, &self.token_header, method, path);
-        // A wrong, missing or expired credential is a failure; a valid key
-        // outside its scopes is not.
+        if let Outcome::Canary(id) = outcome {
+            canary_used(&live.keys, id, client, method, path);
+        }
+        // A wrong, missing or expired credential is a failure (a canary is
+        // one, as a wrong key would be); a valid key outside its scopes is not.
         if matches!(
             outcome,
-            Outcome::Missing | Outcome::Invalid | Outcome::Expired(_)
+            Outcome::Missing | Outcome::Invalid | Outcome::Expired(_) | Outcome::Canary(_)
         ) {
             if let Some(wait) = self
                 .throttle
@@ -310,6 +313,21 @@ impl Guard {
             .map(|k| k.label_arc())
             .collect()
     }
+}
+
+/// A canary key was presented: someone holds a key that was only ever
+/// planted. WARN with the label, the client, the method and the path (never
+/// the token).
+#[cold]
+fn canary_used(keys: &KeySet, id: crate::keys::KeyId, client: IpAddr, method: &Method, path: &str) {
+    let label = keys.get(id).map_or("-", |k| k.label());
+    tracing::warn!(
+        key = label,
+        client = %client,
+        method = %method,
+        path = %crate::path::Escaped(path),
+        "canary key used: it was never given to anyone; whoever holds it found it where it was planted"
+    );
 }
 
 /// Each key's owner and limits, for [`Counters::limiters`].

@@ -20,8 +20,11 @@ use tracing_subscriber::{Layer, Registry};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.command == Some(Command::HashToken) {
-        return hash_token();
+    match &args.command {
+        Some(Command::HashToken) => return hash_token(),
+        Some(Command::Keygen(attributes)) => return keygen(attributes),
+        Some(Command::Keys { token_file }) => return list_keys(token_file),
+        None => {}
     }
     let json = args.log_format == LogFormat::Json;
     let access = init_logging(json, args.access_log);
@@ -275,6 +278,43 @@ fn init_logging(json: bool, access_log: bool) -> Option<Access> {
         warn!("RUST_LOG is not `level` or `target=level,...`; logging at info");
     }
     access
+}
+
+fn keygen(a: &tokengate::config::Keygen) -> ExitCode {
+    let attributes = tokengate::keys::KeygenAttributes {
+        label: a.label.clone(),
+        owner: a.owner.clone(),
+        scopes: a.scopes.clone(),
+        expires: a.expires.clone(),
+        rate: a.rate.clone(),
+        burst: a.burst.clone(),
+        quota: a.quota.clone(),
+        canary: a.canary,
+    };
+    match tokengate::keys::keygen(&attributes) {
+        Ok((key, line)) => {
+            println!("{}\n{line}", key.as_str());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tokengate keygen: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn list_keys(path: &std::path::Path) -> ExitCode {
+    let sources = tokengate::keys::KeySources::new(None, Some(path.to_owned()));
+    match sources.and_then(|s| s.load()) {
+        Ok((keys, _)) => {
+            print!("{}", tokengate::keys::describe(&keys));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tokengate keys: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn hash_token() -> ExitCode {

@@ -153,6 +153,32 @@ fn is_confusable(c: char) -> bool {
     )
 }
 
+/// A client-supplied field as a log line may hold it: visible ASCII as it
+/// is, `\`, `"`, the space and every other byte as `\xNN`, so a
+/// path cannot end a field, start a line (`\n`, U+2028) or pose as another
+/// field (`status=200`) in the text format.
+pub(crate) struct Escaped<'a>(pub(crate) &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = self.0.as_bytes();
+        if bytes
+            .iter()
+            .all(|&b| b.is_ascii_graphic() && b != b'\\' && b != b'"')
+        {
+            return f.write_str(self.0);
+        }
+        for &b in bytes {
+            if b.is_ascii_graphic() && b != b'\\' && b != b'"' {
+                std::fmt::Write::write_char(f, char::from(b))?;
+            } else {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

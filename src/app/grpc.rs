@@ -199,7 +199,7 @@ impl App {
                 )),
             ),
             Outcome::Valid(_) => (Code::Ok, None),
-            Outcome::Missing | Outcome::Invalid | Outcome::Expired(_) => {
+            Outcome::Missing | Outcome::Invalid | Outcome::Expired(_) | Outcome::Canary(_) => {
                 (Code::Unauthenticated, None)
             }
             Outcome::Forbidden(_) => (Code::PermissionDenied, None),

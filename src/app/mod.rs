@@ -348,7 +348,8 @@ impl App {
         Some(match *outcome {
             Outcome::Valid(_) => return None,
             Outcome::Missing => self.responses.unauthorized_missing.respond(head),
-            Outcome::Invalid | Outcome::Expired(_) => {
+            // A canary answers byte for byte as a wrong key.
+            Outcome::Invalid | Outcome::Expired(_) | Outcome::Canary(_) => {
                 self.responses.unauthorized_invalid.respond(head)
             }
             Outcome::Forbidden(_) => self.responses.forbidden.respond(head),

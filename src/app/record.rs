@@ -2,7 +2,6 @@
 //! the upstream's — is counted in the metrics and, with the access log on,
 //! written as one line with one schema.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use http::{HeaderValue, Method, Response, Version};
 
 use super::App;
 use crate::keys::{KeyId, Outcome};
+use crate::path::Escaped;
 use crate::routes::RouteIndex;
 
 /// What an access-log line says of a request besides its response.
@@ -100,32 +100,6 @@ impl App {
             key = %key,
             grpc = %line.grpc.unwrap_or("-"),
         );
-    }
-}
-
-/// A client-supplied field as a log line may hold it: visible ASCII as it
-/// is, `\`, `"`, the space and every other byte as `\xNN`, so a
-/// path cannot end a field, start a line (`\n`, U+2028) or pose as another
-/// field (`status=200`) in the text format.
-struct Escaped<'a>(&'a str);
-
-impl std::fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let bytes = self.0.as_bytes();
-        if bytes
-            .iter()
-            .all(|&b| b.is_ascii_graphic() && b != b'\\' && b != b'"')
-        {
-            return f.write_str(self.0);
-        }
-        for &b in bytes {
-            if b.is_ascii_graphic() && b != b'\\' && b != b'"' {
-                f.write_char(char::from(b))?;
-            } else {
-                write!(f, "\\x{b:02x}")?;
-            }
-        }
-        Ok(())
     }
 }
 

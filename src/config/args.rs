@@ -307,6 +307,46 @@ pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
 pub enum Command {
     /// Read a token on stdin and print its `sha256:` key-file line.
     HashToken,
+    /// Generate a key: prints the key, then its key-file line (the digest
+    /// and the attributes, never the key), e.g. `tokengate keygen --label ci | tail -1 >> keys`.
+    Keygen(Keygen),
+    /// Check a key file (--token-file) and list its keys: label, owner,
+    /// scopes, limits, expiry, flags; never a secret. Exit 2 naming the line
+    /// if the file is wrong.
+    Keys {
+        /// The key file.
+        #[arg(long, value_name = "PATH")]
+        token_file: PathBuf,
+    },
+}
+
+/// `tokengate keygen`'s attributes (the key file's, same rules).
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Keygen {
+    /// The key's label.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// `owner=`: keys of one owner share their limits' counters.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// `scope=METHODS:PATH` (repeatable).
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// `expires=` (RFC 3339 UTC, e.g. 2027-01-01T00:00:00Z).
+    #[arg(long)]
+    pub expires: Option<String>,
+    /// `rate=N/s|N/m|N/h`.
+    #[arg(long)]
+    pub rate: Option<String>,
+    /// `burst=N`.
+    #[arg(long)]
+    pub burst: Option<String>,
+    /// `quota=N/hour|N/day|N/month`.
+    #[arg(long)]
+    pub quota: Option<String>,
+    /// The flag `canary`: a key that never grants; its use is logged and counted.
+    #[arg(long)]
+    pub canary: bool,
 }
 
 /// Parses `10s`, `500ms`, `2m`, … (humantime); zero is refused.

@@ -14,8 +14,8 @@ use std::num::NonZeroU32;
 use http::{HeaderName, StatusCode};
 
 pub use args::{
-    Args, ClientAddressHeader, Command, ForwardAuthHeaders, LogFormat, Switch, ThrottleStatus,
-    parse_duration, parse_duration_or_zero,
+    Args, ClientAddressHeader, Command, ForwardAuthHeaders, Keygen, LogFormat, Switch,
+    ThrottleStatus, parse_duration, parse_duration_or_zero,
 };
 
 use crate::app::AppConfig;

@@ -97,8 +97,13 @@ pub enum LineProblem {
         "owner {0:?} declares other limits on {1}: all keys of one owner declare the same rate=, burst= and quota="
     )]
     OwnerLimitsDiffer(String, String),
+    /// `canary` where the label goes.
+    #[error("`canary` is a flag after the label (a canary key needs a label of its own)")]
+    CanaryLabel,
     /// An attribute other than those known.
-    #[error("unknown attribute {0:?} (known: scope=, expires=, rate=, burst=, quota=, owner=)")]
+    #[error(
+        "unknown attribute {0:?} (known: scope=, expires=, rate=, burst=, quota=, owner=, and the flag canary)"
+    )]
     UnknownAttribute(String),
     /// A token shorter than [`MIN_TOKEN_LEN`]: guessable, and most often a
     /// label typed alone on its line (`reports`), which would be read as a
@@ -185,12 +190,16 @@ pub fn parse_key_file(text: &str, path: &str, keys: &mut KeySet) -> Result<(), K
         let mut burst = None;
         let mut quota = None;
         let mut owner: Option<std::sync::Arc<str>> = None;
+        let mut canary = false;
         let limit = |name: &'static str, value: &str, problem| {
             err(LineProblem::BadLimit(name, value.to_owned(), problem))
         };
         for word in words {
             attributes |= word.contains('=');
             match word.split_once('=') {
+                // A flag: after the label (a label `canary` would read as one).
+                None if word == "canary" && (label.is_some() || attributes) => canary = true,
+                None if word == "canary" => return Err(err(LineProblem::CanaryLabel)),
                 None if label.is_none() && !attributes => {
                     if !valid_label(word) {
                         return Err(err(LineProblem::BadLabel));
@@ -284,6 +293,9 @@ pub fn parse_key_file(text: &str, path: &str, keys: &mut KeySet) -> Result<(), K
             .with_limits(owner, key_limits);
         if let Some(at) = expires {
             key = key.with_expiry(at);
+        }
+        if canary {
+            key = key.as_canary();
         }
         let owner_name = key.owner().clone();
         keys.insert(key).map_err(|e| match e {

@@ -36,7 +36,9 @@ use crate::limits::Limits;
 
 mod digest;
 pub(crate) mod file;
+mod listing;
 pub(crate) mod scope;
+pub(crate) mod token;
 
 pub use digest::Digest;
 use digest::DigestHasher;
@@ -46,6 +48,7 @@ pub use file::{
     KeyError, KeySources, LineProblem, MIN_TOKEN_LEN, TOKEN_ENV, TokenProblem, hash_token_line,
     parse_key_file,
 };
+pub use listing::{KeygenAttributes, KeygenError, describe, keygen};
 pub use scope::{Methods, PathPattern, Scope, ScopeProblem};
 
 /// What the guard decided about a request's credential (here, beside the
@@ -61,6 +64,8 @@ pub enum Outcome {
     Invalid,
     /// A configured key whose `expires=` has passed: refused like a wrong one.
     Expired(KeyId),
+    /// A `canary` key: refused like a wrong one, logged and counted.
+    Canary(KeyId),
     /// A valid key whose scopes do not cover the request: 403.
     Forbidden(KeyId),
     /// The client is over its failed-credential limit: 429 for this long.
@@ -105,6 +110,9 @@ pub struct Key {
     /// use (`crate::forward_auth`): a request then clones a map instead of
     /// hashing three header names.
     allow_headers: OnceLock<HeaderMap>,
+    /// `canary`: the key never grants; its use is answered as a wrong key's,
+    /// logged and counted (a leaked key planted where a thief would look).
+    canary: bool,
     /// The encoded gRPC Check "allow" naming this key, built on first use
     /// (`crate::grpc::authz`).
     allow_check: OnceLock<bytes::Bytes>,
@@ -127,6 +135,7 @@ impl Key {
             limits: Limits::default(),
             allow_headers: OnceLock::new(),
             allow_check: OnceLock::new(),
+            canary: false,
         }
     }
 
@@ -158,6 +167,17 @@ impl Key {
     #[inline]
     pub(crate) fn allow_check(&self, build: impl FnOnce(&Key) -> bytes::Bytes) -> &bytes::Bytes {
         self.allow_check.get_or_init(|| build(self))
+    }
+
+    /// Makes the key a canary: it never grants.
+    pub fn as_canary(mut self) -> Self {
+        self.canary = true;
+        self
+    }
+
+    /// Whether the key is a canary.
+    pub fn is_canary(&self) -> bool {
+        self.canary
     }
 
     /// Limits the key to these scopes (alternatives; none means everything).
@@ -343,8 +363,13 @@ impl KeySet {
         self.keys.get(id.0)
     }
 
-    /// Checks a presented token: one SHA-256, one map probe, constant-time equality.
+    /// Checks a presented token: one SHA-256, one map probe, constant-time
+    /// equality. A token in tokengate's format (`tg_…`) whose checksum
+    /// fails is refused before it is hashed.
     pub fn verify(&self, token: &[u8]) -> Option<KeyId> {
+        if token::bad_checksum(token) {
+            return None;
+        }
         self.by_digest.get(&Digest::of(token)).copied()
     }
 
@@ -378,6 +403,7 @@ impl KeySet {
     ) -> Outcome {
         match self.outcome_for(headers, token_header) {
             Outcome::Valid(id) => match self.keys.get(id.0) {
+                Some(key) if key.canary => Outcome::Canary(id),
                 Some(key) if key.expired() => Outcome::Expired(id),
                 Some(key) if !key.allows(method, path) => Outcome::Forbidden(id),
                 _ => Outcome::Valid(id),

@@ -5,6 +5,7 @@
 //! label sets are typed (`labels`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -36,12 +37,33 @@ pub(crate) use grpc::GrpcMetrics;
 pub type DroppedSource = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// A key's own series of `tokengate_auth_total`, resolved at each key load.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct KeyCounters {
     /// `outcome="ok"`.
     ok: Counter,
     /// `outcome="rate_limited"` and `"quota_exhausted"`, for a key with limits.
     limited: Option<[Counter; 2]>,
+    /// `tokengate_canary_hits_total{key}`, for a canary key.
+    canary: Option<Counter>,
+    /// `tokengate_key_last_used_timestamp_seconds{key}`, and the second it
+    /// was last set (set at most once a second: one atomic load otherwise).
+    last_used: Gauge,
+    last_second: AtomicU64,
+}
+
+impl KeyCounters {
+    /// The key was accepted now: its last-use gauge, set at most once a
+    /// second (no lock; two requests in the same second may both set it).
+    #[inline]
+    fn used(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.last_second.load(Ordering::Relaxed) != now {
+            self.last_second.store(now, Ordering::Relaxed);
+            self.last_used.set(i64::try_from(now).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 /// Why a request to the upstream failed.
@@ -84,6 +106,8 @@ pub struct Metrics {
     throttled: Counter,
     /// `tokengate_key_expiry_timestamp_seconds{key}`, per key with `expires=`.
     key_expiry: Family<KeyLabel, Gauge>,
+    canary_hits: Family<KeyLabel, Counter>,
+    key_last_used: Family<KeyLabel, Gauge>,
     upstream_requests: Family<StatusLabel, Counter>,
     /// The upstream statuses of [`STATUSES`] resolved once (a family lookup
     /// hashes and locks).
@@ -218,6 +242,18 @@ impl Metrics {
             "When each key with an expiry stops being accepted (Unix time)",
             key_expiry.clone(),
         );
+        let canary_hits = Family::<KeyLabel, Counter>::default();
+        registry.register(
+            "canary_hits",
+            "Uses of each canary key (refused as a wrong key, and logged)",
+            canary_hits.clone(),
+        );
+        let key_last_used = Family::<KeyLabel, Gauge>::default();
+        registry.register(
+            "key_last_used_timestamp_seconds",
+            "When each key was last accepted (Unix time, to the second)",
+            key_last_used.clone(),
+        );
 
         let throttle_tracked = Gauge::default();
         registry.register(
@@ -280,6 +316,8 @@ impl Metrics {
             forbidden,
             throttled,
             key_expiry,
+            canary_hits,
+            key_last_used,
             upstream_requests,
             upstream_known,
             upstream_errors,
@@ -329,12 +367,18 @@ impl Metrics {
                         key: Some(k.label_arc()),
                     })
                 };
+                let label = KeyLabel { key: k.label_arc() };
                 KeyCounters {
                     ok: counter("ok"),
                     limited: k
                         .limits()
                         .is_limited()
                         .then(|| [counter("rate_limited"), counter("quota_exhausted")]),
+                    canary: k
+                        .is_canary()
+                        .then(|| self.canary_hits.get_or_create_owned(&label)),
+                    last_used: self.key_last_used.get_or_create_owned(&label),
+                    last_second: AtomicU64::new(0),
                 }
             })
             .collect()
@@ -358,9 +402,18 @@ impl Metrics {
     pub(crate) fn record_auth(&self, outcome: &Outcome, key_counters: &[KeyCounters]) {
         let counter = match outcome {
             Outcome::Valid(id) => match key_counters.get(id.index()) {
-                Some(c) => &c.ok,
+                Some(c) => {
+                    c.used();
+                    &c.ok
+                }
                 None => return,
             },
+            Outcome::Canary(id) => {
+                if let Some(hits) = key_counters.get(id.index()).and_then(|c| c.canary.as_ref()) {
+                    hits.inc();
+                }
+                &self.invalid
+            }
             Outcome::Limited(id, kind, _) => {
                 match key_counters
                     .get(id.index())
