@@ -18,6 +18,7 @@ mod grpc;
 mod grpc_frames;
 mod h2abuse;
 mod hostile;
+mod key_life;
 mod lifecycle;
 mod limits;
 mod limits_redis;

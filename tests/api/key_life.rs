@@ -1,0 +1,229 @@
+//! The key's life: `tokengate keygen` and `tokengate keys`, keys a secret
+//! scanner finds, a checksum that refuses typos and guesses before hashing,
+//! canary keys, the last-use metric.
+
+use std::process::Command;
+
+use http::{Method, StatusCode};
+
+use crate::support::{BIN, Proto, Spawned, TempDir, send};
+
+fn keygen(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).arg("keygen").args(args).output().unwrap()
+}
+
+/// `tokengate keygen` with `args`: the key and its key-file line.
+fn generated(args: &[&str]) -> (String, String) {
+    let out = keygen(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let key = lines.next().unwrap().to_owned();
+    let line = lines.next().unwrap().to_owned();
+    assert!(lines.next().is_none(), "two lines: {text}");
+    (key, line)
+}
+
+/// The regular expression of each scanner's file in `deploy/secret-scanning/`.
+fn scanner_patterns() -> Vec<(&'static str, regex::Regex)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/secret-scanning/");
+    let read = |name: &str| std::fs::read_to_string(format!("{dir}{name}")).unwrap();
+    let gitleaks = read("gitleaks.toml");
+    let gitleaks = gitleaks
+        .split("regex = '''")
+        .nth(1)
+        .and_then(|r| r.split("'''").next())
+        .unwrap()
+        .to_owned();
+    let trufflehog = read("trufflehog.yaml");
+    let trufflehog = trufflehog
+        .split("key: '")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .unwrap()
+        .to_owned();
+    let github = read("github-custom-pattern.txt");
+    let field = |name: &str| {
+        github
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let github = format!(
+        "(?:{})({})(?:{})",
+        field("before-secret:"),
+        field("secret-format:"),
+        field("after-secret:")
+    );
+    [
+        ("gitleaks", gitleaks),
+        ("trufflehog", trufflehog),
+        ("github", github),
+    ]
+    .into_iter()
+    .map(|(name, r)| (name, regex::Regex::new(&r).unwrap()))
+    .collect()
+}
+
+#[test]
+fn secret_scanners_find_generated_keys_and_not_lookalikes() {
+    let patterns = scanner_patterns();
+    for _ in 0..20 {
+        let (key, _) = generated(&[]);
+        for (name, re) in &patterns {
+            for text in [
+                key.clone(),
+                format!("TOKEN={key}\n"),
+                format!("\"x-token: {key}\""),
+            ] {
+                let found = re
+                    .captures(&text)
+                    .and_then(|c| c.get(1))
+                    .map(|m| m.as_str());
+                assert_eq!(found, Some(key.as_str()), "{name} in {text:?}");
+            }
+            let short = &key[..key.len() - 1];
+            let long = format!("{key}x");
+            let prefix = format!("tx_{}", &key[3..]);
+            let dash = format!("tg-{}", &key[3..]);
+            let glued = format!("abc{key}");
+            for lookalike in [short, &long, &prefix, &dash, &glued] {
+                assert!(!re.is_match(lookalike), "{name} matched {lookalike:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_generated_key_works_a_typo_is_a_wrong_key_and_keys_lists_it() {
+    let (key, line) = generated(&["--label", "ci", "--rate", "10/s", "--owner", "acme"]);
+    assert!(key.starts_with("tg_") && key.len() == 41, "{key}");
+    assert!(!line.contains(&key), "the line never holds the key");
+    assert!(
+        line.starts_with("sha256:") && line.ends_with(" ci owner=acme rate=10/s"),
+        "{line}"
+    );
+    let (canary, canary_line) = generated(&["--label", "decoy", "--canary"]);
+    let dir = TempDir::new("key-life");
+    let file = dir.join("keys");
+    std::fs::write(
+        &file,
+        format!("{line}\n{canary_line}\nmetrics-key-000001 metrics\n"),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+
+    let listed = Command::new(BIN)
+        .args(["keys", "--token-file", file])
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert_eq!(
+        listed,
+        "label\towner\tscopes\tlimits\texpires\tflags\n\
+         ci\tacme\t-\trate=10/s burst=10\t-\t-\n\
+         decoy\tdecoy\t-\t-\t-\tcanary\n\
+         metrics\tmetrics\t-\t-\t-\t-\n"
+    );
+
+    let server = Spawned::start(&["--token-file", file], &[]).await;
+    let get = |token: String| async move {
+        send(
+            Proto::H1,
+            server.addr,
+            Method::GET,
+            "/protected",
+            &[("x-token", &token)],
+        )
+        .await
+    };
+    assert_eq!(get(key.clone()).await.status, StatusCode::OK);
+    // One character changed: the checksum fails, refused as any wrong key.
+    let mut typo = key.clone().into_bytes();
+    typo[5] = if typo[5] == b'a' { b'b' } else { b'a' };
+    let typo = String::from_utf8(typo).unwrap();
+    let wrong = get("wrong-key-but-long-enough".to_owned()).await;
+    for refused in [get(typo).await, get(canary.clone()).await] {
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(refused.text(), wrong.text());
+        let mut a: Vec<_> = refused
+            .headers
+            .iter()
+            .filter(|(k, _)| *k != "date")
+            .collect();
+        let mut b: Vec<_> = wrong.headers.iter().filter(|(k, _)| *k != "date").collect();
+        a.sort_by_key(|(k, _)| k.as_str());
+        b.sort_by_key(|(k, _)| k.as_str());
+        assert_eq!(a, b, "byte for byte a wrong key's answer");
+    }
+    server.wait_for_log("canary key used").await;
+    let log = server.log();
+    let warned = log.lines().find(|l| l.contains("canary key used")).unwrap();
+    assert!(
+        warned.contains("key=\"decoy\"") || warned.contains("key=decoy"),
+        "{warned}"
+    );
+    assert!(
+        warned.contains("path=/protected") && warned.contains("client=127.0.0.1"),
+        "{warned}"
+    );
+    assert!(!log.contains(&canary), "the canary's token is never logged");
+    let metrics = get_metrics(&server).await;
+    for series in [
+        r#"tokengate_canary_hits_total{key="decoy"} 1"#,
+        r#"tokengate_auth_total{outcome="invalid"} 3"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let used: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"tokengate_key_last_used_timestamp_seconds{key="ci"} "#))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        used <= now && now - used < 120,
+        "last used {used}, now {now}"
+    );
+}
+
+async fn get_metrics(server: &Spawned) -> String {
+    send(
+        Proto::H1,
+        server.addr,
+        Method::GET,
+        "/metrics",
+        &[("x-token", "metrics-key-000001")],
+    )
+    .await
+    .text()
+    .to_owned()
+}
+
+#[test]
+fn keygen_refuses_what_the_key_file_refuses_with_its_messages() {
+    for (args, message) in [
+        (&["--rate", "fast"][..], "a rate is N/s"),
+        (&["--burst", "5"][..], "burst= needs rate="),
+        (&["--scope", "GET:reports"][..], "scope=GET:reports"),
+        (&["--label", "two words"][..], "label"),
+        (&["--expires", "tomorrow"][..], "RFC 3339"),
+    ] {
+        let out = keygen(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "no key printed: {args:?}");
+    }
+}
