@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::{HeaderMap, HeaderName, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::keys::{Key, KeyId, KeySet, Outcome};
 use crate::limits::{Checked, Counters, Limiter, RedisStore, StoreConfig, Stored};
@@ -49,6 +49,8 @@ pub(crate) struct Decided {
     pub outcome: Outcome,
     /// For a key with limits: what they said (and the headers that say it).
     pub(crate) limit: Option<Checked>,
+    /// An admitted key expiring within `--expiry-notice`: `Sunset`'s value.
+    pub(crate) sunset: Option<HeaderValue>,
     /// With Redis: the limits still to ask the store about (the outcome is
     /// `Valid` until [`Guard::settle`]).
     pub(crate) pending: Option<Pending>,
@@ -104,6 +106,8 @@ pub(crate) struct Guard {
     shared_throttle: Option<(std::time::Duration, u32)>,
     token_header: HeaderName,
     throttle: Option<Throttle>,
+    /// `--expiry-notice`: answers to a key expiring within it carry `Sunset`.
+    expiry_notice: std::time::Duration,
 }
 
 impl Guard {
@@ -115,6 +119,7 @@ impl Guard {
         throttle: Option<ThrottleConfig>,
         store: &StoreConfig,
         metrics: &Metrics,
+        expiry_notice: std::time::Duration,
     ) -> Self {
         let ok = metrics.key_counters(&keys);
         let counters = Counters::new(&store.prefix);
@@ -145,6 +150,7 @@ impl Guard {
                 throttle.report_tracked(metrics.throttle_tracked.clone());
                 throttle
             }),
+            expiry_notice,
         }
     }
 
@@ -208,6 +214,7 @@ impl Guard {
             return Decided {
                 outcome,
                 limit: None,
+                sunset: None,
                 pending: None,
                 live,
             };
@@ -269,9 +276,18 @@ impl Guard {
         } else {
             counted(outcome, metrics, &live.ok)
         };
+        let sunset = match outcome {
+            Outcome::Valid(id) => live
+                .keys
+                .get(id)
+                .and_then(|key| key.sunset(self.expiry_notice))
+                .cloned(),
+            _ => None,
+        };
         Decided {
             outcome,
             limit,
+            sunset,
             pending,
             live,
         }

@@ -45,6 +45,8 @@ pub struct AppConfig {
     /// `--grpc on`: serve gRPC (Check, ShouldRateLimit, Health), and how
     /// long a call without a `grpc-timeout` may take (`--header-read-timeout`).
     pub grpc: Option<std::time::Duration>,
+    /// `--expiry-notice`: answers to a key expiring within it carry `Sunset`.
+    pub expiry_notice: std::time::Duration,
 }
 
 impl Default for AppConfig {
@@ -65,6 +67,7 @@ impl Default for AppConfig {
             limits_store: StoreConfig::memory(),
             admin_listener: false,
             grpc: Some(std::time::Duration::from_secs(10)),
+            expiry_notice: std::time::Duration::from_secs(7 * 86_400),
         }
     }
 }

@@ -104,6 +104,7 @@ impl GatewayService {
             key_label,
             start,
             limit: None,
+            sunset: None,
         };
         if self.gateway.is_public(req.method(), &path) {
             return Step::Forward(forward(None));
@@ -114,7 +115,8 @@ impl GatewayService {
                 .decide(req.headers(), client, req.method(), &path, metrics, true);
         if let Some(pending) = decided.pending.take() {
             // A Redis store counts the key before the request goes on.
-            let forward = forward(decided.key().map(|k| k.label_value().clone()));
+            let mut forward = forward(decided.key().map(|k| k.label_value().clone()));
+            forward.sunset = decided.sunset.take();
             return Step::Ask(Box::new(Ask {
                 pending,
                 forward,
@@ -133,6 +135,7 @@ impl GatewayService {
             None => {
                 let mut forward = forward(decided.key().map(|k| k.label_value().clone()));
                 forward.limit = decided.limit.map(Box::new);
+                forward.sunset = decided.sunset;
                 Step::Forward(forward)
             }
         }
@@ -209,6 +212,7 @@ impl GatewayService {
     ) -> Forwarding {
         let start = forward.start;
         let limit = forward.limit.take();
+        let sunset = forward.sunset.take().map(Box::new);
         // Only with the access log: what its line needs once `req` is gone.
         let logged = self.app.access_log.then(|| {
             Box::new(Logged {
@@ -230,6 +234,7 @@ impl GatewayService {
                 start,
                 logged,
                 limit,
+                sunset,
             }),
         }
     }
@@ -275,10 +280,12 @@ impl Future for Forwarding {
                 start,
                 logged,
                 limit,
+                sunset,
             }) => {
                 let mut response = service.forwarded(answered, start, logged);
                 // Set after the upstream's own, which they replace.
                 super::limit_headers(&mut response, limit.map(|l| *l));
+                super::sunset_header(&mut response, sunset.map(|s| *s));
                 Poll::Ready(response)
             }
             // Futures are not polled again once they returned `Ready`.
@@ -296,6 +303,8 @@ struct Done {
     logged: Option<Box<Logged>>,
     /// A key with limits: what they said (boxed: most keys have none).
     limit: Option<Box<Checked>>,
+    /// A key expiring soon: `Sunset` (boxed: most keys do not).
+    sunset: Option<Box<http::HeaderValue>>,
 }
 
 /// What a proxied request's access-log line needs once the request is gone

@@ -158,7 +158,7 @@ impl App {
         // Envoy is the peer: the client is whom it names.
         let client = checking.source.unwrap_or(peer);
         let metrics = self.metrics_on.then_some(&self.metrics);
-        let (outcome, mut limit, pending, allowed) = {
+        let (outcome, mut limit, pending, allowed, sunset) = {
             let decided = self.guard.decide(
                 &checking.headers,
                 client,
@@ -173,7 +173,13 @@ impl App {
                 }
                 _ => None,
             };
-            (decided.outcome, decided.limit, decided.pending, allowed)
+            (
+                decided.outcome,
+                decided.limit,
+                decided.pending,
+                allowed,
+                decided.sunset,
+            )
         };
         let mut unavailable = false;
         let outcome = match pending {
@@ -207,8 +213,8 @@ impl App {
         };
         let response = match (denial, allowed) {
             (None, Some(ok)) if code == Code::Ok => {
-                let limits = limit.as_ref().map(authz::limits_part).unwrap_or_default();
-                grpc::respond_encoded(&[&ok, &limits])
+                let notices = authz::notices_part(limit.as_ref(), sunset.as_ref());
+                grpc::respond_encoded(&[&ok, &notices])
             }
             (denial, _) => {
                 let mut denied = denial

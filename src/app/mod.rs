@@ -46,6 +46,16 @@ pub(crate) fn limit_headers<B>(response: &mut Response<B>, limit: Option<Checked
     }
 }
 
+/// `Sunset` (RFC 8594) for a key expiring within `--expiry-notice`.
+#[inline]
+pub(crate) fn sunset_header<B>(response: &mut Response<B>, sunset: Option<http::HeaderValue>) {
+    if let Some(at) = sunset {
+        response.headers_mut().insert(SUNSET, at);
+    }
+}
+
+const SUNSET: HeaderName = HeaderName::from_static("sunset");
+
 /// The IETF httpapi rate-limit fields (draft-ietf-httpapi-ratelimit-headers).
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -172,6 +182,7 @@ impl App {
                 config.throttle,
                 &config.limits_store,
                 &metrics,
+                config.expiry_notice,
             ),
             responses: Responses::new(&config.realm),
             forward: forward_auth::Answers::new(
@@ -329,6 +340,7 @@ impl App {
             .denial(&decided.outcome, head, &self.responses.refusals)
             .unwrap_or_else(|| self.success(route, head));
         limit_headers(&mut response, decided.limit);
+        sunset_header(&mut response, decided.sunset);
         let mut answer = answer(response, index, Some(decided.outcome));
         answer.deferred = decided.pending.map(|pending| {
             Box::new(Deferred {
@@ -403,6 +415,7 @@ impl App {
         };
         // On the 200 too: the proxy copies them to its client.
         limit_headers(&mut answer.response, decided.limit);
+        sunset_header(&mut answer.response, decided.sunset);
         answer.auth = Some(decided.outcome);
         answer.original = Some(original);
         answer.deferred = decided.pending.map(|pending| {

@@ -182,6 +182,10 @@ pub struct Args {
     #[arg(long, env = "TOKENGATE_OPENAPI", value_enum, default_value_t = Switch::On)]
     pub openapi: Switch,
 
+    /// Answers to a key that expires within this carry `Sunset: <its expiry>` (RFC 8594); 0 turns it off.
+    #[arg(long, env = "TOKENGATE_EXPIRY_NOTICE", default_value = "7d", value_parser = parse_duration_or_zero, value_name = "DURATION")]
+    pub expiry_notice: Duration,
+
     /// Serve gRPC on the HTTP/2 listener (Envoy's ext_authz Check, its
     /// rate-limit service, gRPC health; on --admin-listen in gateway mode): on or off.
     #[arg(long, env = "TOKENGATE_GRPC", value_enum, default_value_t = Switch::On)]

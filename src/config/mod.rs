@@ -219,6 +219,7 @@ impl Config {
             limits_store,
             admin_listener: args.admin_listen.is_some(),
             grpc: (args.grpc == Switch::On).then_some(args.header_read_timeout),
+            expiry_notice: args.expiry_notice,
             trusted_proxies: TrustedProxies::parse(&args.trusted_proxies)
                 .map_err(ConfigError::TrustedProxies)?
                 .reading_real_ip(args.client_address_header == ClientAddressHeader::XRealIp),

@@ -83,6 +83,8 @@ pub(crate) struct Forward {
     pub start: Instant,
     /// A key with limits: the `RateLimit` fields for the client's response.
     pub limit: Option<Box<crate::limits::Checked>>,
+    /// A key expiring within `--expiry-notice`: `Sunset` for the client.
+    pub sunset: Option<HeaderValue>,
 }
 
 impl Gateway {

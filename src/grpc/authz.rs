@@ -188,13 +188,23 @@ fn metadata(key: &Key) -> Struct {
 /// merges a message field that comes twice (the encoding spec: "the parser
 /// merges multiple instances of the same field"), so the two parts are one
 /// `ok_response` with both.
-pub(crate) fn limits_part(limit: &Checked) -> Vec<u8> {
+/// With `sunset` (a key expiring within `--expiry-notice`), `Sunset` too.
+/// Empty when there is neither.
+pub(crate) fn notices_part(limit: Option<&Checked>, sunset: Option<&http::HeaderValue>) -> Vec<u8> {
+    let mut headers = Vec::new();
+    if let Some(limit) = limit {
+        headers.push(set("ratelimit-policy", limit.policy.as_bytes()));
+        headers.push(set("ratelimit", limit.remaining.as_bytes()));
+    }
+    if let Some(at) = sunset {
+        headers.push(set("sunset", at.as_bytes()));
+    }
+    if headers.is_empty() {
+        return Vec::new();
+    }
     let part = CheckResponse {
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            response_headers_to_add: vec![
-                set("ratelimit-policy", limit.policy.as_bytes()),
-                set("ratelimit", limit.remaining.as_bytes()),
-            ],
+            response_headers_to_add: headers,
             ..OkHttpResponse::default()
         })),
         ..CheckResponse::default()
@@ -209,7 +219,7 @@ pub(crate) fn allowed_encoded<'k>(key: &'k Key, token_header: &HeaderName) -> &'
 }
 
 /// OK: the request goes on with `x-auth-key-label` and without the
-/// credential headers (the rate-limit fields: [`limits_part`]).
+/// credential headers (the rate-limit fields: [`notices_part`]).
 fn allowed(key: &Key, token_header: &HeaderName) -> CheckResponse {
     CheckResponse {
         status: Some(rpc::Status {

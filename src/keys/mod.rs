@@ -110,6 +110,8 @@ pub struct Key {
     /// use (`crate::forward_auth`): a request then clones a map instead of
     /// hashing three header names.
     allow_headers: OnceLock<HeaderMap>,
+    /// `Sunset`'s value (the expiry as an IMF-fixdate), built with it.
+    sunset: Option<HeaderValue>,
     /// `canary`: the key never grants; its use is answered as a wrong key's,
     /// logged and counted (a leaked key planted where a thief would look).
     canary: bool,
@@ -136,6 +138,7 @@ impl Key {
             allow_headers: OnceLock::new(),
             allow_check: OnceLock::new(),
             canary: false,
+            sunset: None,
         }
     }
 
@@ -189,7 +192,17 @@ impl Key {
     /// The key is refused from `at` on.
     pub fn with_expiry(mut self, at: SystemTime) -> Self {
         self.expires = Some(at);
+        self.sunset = HeaderValue::try_from(httpdate::fmt_http_date(at)).ok();
         self
+    }
+
+    /// `Sunset: <the expiry>` (RFC 8594) when the key expires within
+    /// `notice` from now; `None` for a key without `expires=` (no clock read).
+    #[inline]
+    pub(crate) fn sunset(&self, notice: std::time::Duration) -> Option<&HeaderValue> {
+        let at = self.expires?;
+        let left = at.duration_since(SystemTime::now()).ok()?;
+        (left <= notice).then_some(self.sunset.as_ref()?)
     }
 
     /// When the key stops being accepted, if ever.

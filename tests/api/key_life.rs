@@ -6,7 +6,7 @@ use std::process::Command;
 
 use http::{Method, StatusCode};
 
-use crate::support::{BIN, Proto, Spawned, TempDir, send};
+use crate::support::{BIN, Proto, Spawned, TempDir, TestServer, keys_from, send};
 
 fn keygen(args: &[&str]) -> std::process::Output {
     Command::new(BIN).arg("keygen").args(args).output().unwrap()
@@ -226,4 +226,110 @@ fn keygen_refuses_what_the_key_file_refuses_with_its_messages() {
         assert!(err.contains(message), "{args:?}: {err}");
         assert!(out.stdout.is_empty(), "no key printed: {args:?}");
     }
+}
+
+/// `expires=` as the key file spells it, `days` from now.
+fn in_days(days: u64) -> String {
+    let at = std::time::SystemTime::now() + std::time::Duration::from_secs(days * 86_400);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+#[tokio::test]
+async fn a_key_expiring_soon_gets_sunset_on_every_answer_that_admits_it() {
+    use tokengate::{AppConfig, Limits};
+    let soon = in_days(3);
+    let keys = format!(
+        "soon-key-00000001 soon expires={soon}\nlater-key-0000001 later expires={}\nplain-key-0000001 plain\n",
+        in_days(30)
+    );
+    let expected = httpdate::fmt_http_date(humantime::parse_rfc3339(&soon).unwrap());
+    let server = TestServer::with(keys_from(&keys), AppConfig::default(), Limits::default()).await;
+    let get = |token: &'static str, path: &'static str, extra: (&'static str, &'static str)| {
+        let addr = server.addr;
+        async move {
+            send(
+                Proto::H1,
+                addr,
+                Method::GET,
+                path,
+                &[("x-token", token), extra],
+            )
+            .await
+        }
+    };
+    let none = ("x-none", "-");
+    let r = get("soon-key-00000001", "/protected", none).await;
+    assert_eq!(r.header("sunset"), Some(expected.as_str()));
+    let r = get(
+        "soon-key-00000001",
+        "/auth/verify",
+        ("x-original-uri", "/x"),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.header("sunset")),
+        (StatusCode::OK, Some(expected.as_str()))
+    );
+    for token in ["later-key-0000001", "plain-key-0000001"] {
+        assert_eq!(
+            get(token, "/protected", none).await.header("sunset"),
+            None,
+            "{token}"
+        );
+    }
+    // A refusal does not carry it.
+    let r = get("soon-key-00000001", "/metrics", none).await;
+    assert_eq!(
+        r.header("sunset"),
+        Some(expected.as_str()),
+        "/metrics admits the key too"
+    );
+    let r = send(
+        Proto::H1,
+        server.addr,
+        Method::GET,
+        "/protected",
+        &[("x-token", "nope-nope-nope-nope")],
+    )
+    .await;
+    assert_eq!(r.header("sunset"), None);
+
+    // --expiry-notice 0: none.
+    let off = TestServer::with(
+        keys_from(&keys),
+        AppConfig {
+            expiry_notice: std::time::Duration::ZERO,
+            ..AppConfig::default()
+        },
+        Limits::default(),
+    )
+    .await;
+    let r = send(
+        Proto::H1,
+        off.addr,
+        Method::GET,
+        "/protected",
+        &[("x-token", "soon-key-00000001")],
+    )
+    .await;
+    assert_eq!(r.header("sunset"), None);
+
+    // Gateway mode: on the upstream's answer.
+    let upstream = crate::limits::forging_upstream().await;
+    let gateway = TestServer::with(
+        keys_from(&keys),
+        crate::gateway::gateway_config(upstream, std::time::Duration::from_secs(30)),
+        Limits::default(),
+    )
+    .await;
+    let r = send(
+        Proto::H2,
+        gateway.addr,
+        Method::GET,
+        "/orders",
+        &[("x-token", "soon-key-00000001")],
+    )
+    .await;
+    assert_eq!((r.status, r.text()), (StatusCode::OK, "upstream"));
+    assert_eq!(r.header("sunset"), Some(expected.as_str()));
 }

@@ -224,7 +224,7 @@ async fn forward_auth_refuses_with_the_throttle_status_and_names_the_limit() {
 }
 
 /// An upstream that sets its own `RateLimit` fields on every answer.
-async fn forging_upstream() -> std::net::SocketAddr {
+pub(crate) async fn forging_upstream() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
