@@ -222,8 +222,10 @@ impl Guard {
         let mut outcome = live
             .keys
             .authorize(headers, &self.token_header, method, path);
-        if let Outcome::Canary(id) = outcome {
-            canary_used(&live.keys, id, client, method, path);
+        match (outcome, metrics) {
+            (Outcome::Canary(id), _) => canary_used(&live.keys, id, client, method, path),
+            (Outcome::Valid(id), Some(metrics)) => metrics.key_used(&live.ok, id, client),
+            _ => {}
         }
         // A wrong, missing or expired credential is a failure (a canary is
         // one, as a wrong key would be); a valid key outside its scopes is not.

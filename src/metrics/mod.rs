@@ -18,17 +18,19 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::keys::KeySet;
 use crate::keys::Outcome;
+use crate::keys::{Key, KeySet};
 use crate::limits::{LimitKind, StoreMetrics};
 use crate::routes::RouteIndex;
 use labels::{
     AuthLabels, KeyLabel, KindLabel, ProtocolLabel, ResultLabel, RouteLabel, RouteStatus, STATUSES,
     StatusLabel, VersionLabel,
 };
+use networks::KeyNetworks;
 
 mod grpc;
 mod labels;
+mod networks;
 mod store;
 
 pub(crate) use grpc::GrpcMetrics;
@@ -49,21 +51,9 @@ pub(crate) struct KeyCounters {
     /// was last set (set at most once a second: one atomic load otherwise).
     last_used: Gauge,
     last_second: AtomicU64,
-}
-
-impl KeyCounters {
-    /// The key was accepted now: its last-use gauge, set at most once a
-    /// second (no lock; two requests in the same second may both set it).
-    #[inline]
-    fn used(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if self.last_second.load(Ordering::Relaxed) != now {
-            self.last_second.store(now, Ordering::Relaxed);
-            self.last_used.set(i64::try_from(now).unwrap_or(i64::MAX));
-        }
-    }
+    /// The key's label, and its client-network sketch once it was used.
+    label: Arc<str>,
+    networks: networks::Slot,
 }
 
 /// Why a request to the upstream failed.
@@ -108,6 +98,8 @@ pub struct Metrics {
     key_expiry: Family<KeyLabel, Gauge>,
     canary_hits: Family<KeyLabel, Counter>,
     key_last_used: Family<KeyLabel, Gauge>,
+    /// Each used key's client-network sketch (read at scrape time).
+    networks: Arc<KeyNetworks>,
     upstream_requests: Family<StatusLabel, Counter>,
     /// The upstream statuses of [`STATUSES`] resolved once (a family lookup
     /// hashes and locks).
@@ -132,6 +124,29 @@ impl std::fmt::Debug for Metrics {
 /// `tokengate_access_log_dropped_lines_total`, read from the access-log
 /// writer at scrape time.
 struct DroppedLines(DroppedSource);
+
+/// `tokengate_key_client_networks{key}`, estimated at scrape time.
+#[derive(Debug)]
+struct ClientNetworks(Arc<KeyNetworks>);
+
+impl Collector for ClientNetworks {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut family = encoder.encode_descriptor(
+            "key_client_networks",
+            "Distinct client networks (/24, /48) that used each key in the last 30 to 60 minutes (HyperLogLog, about 5 % error)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (key, estimate) in self.0.estimates(now) {
+            let gauge = prometheus_client::metrics::gauge::ConstGauge::new(estimate.round() as i64);
+            gauge.encode(family.encode_family(&KeyLabel { key })?)?;
+        }
+        Ok(())
+    }
+}
 
 impl std::fmt::Debug for DroppedLines {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -294,6 +309,8 @@ impl Metrics {
         registry.register_collector(Box::new(DroppedLines(
             dropped.unwrap_or_else(|| Arc::new(|| 0)),
         )));
+        let networks = Arc::new(KeyNetworks::default());
+        registry.register_collector(Box::new(ClientNetworks(Arc::clone(&networks))));
 
         let build = Family::<VersionLabel, Gauge>::default();
         registry.register("build_info", "Build information", build.clone());
@@ -318,6 +335,7 @@ impl Metrics {
             key_expiry,
             canary_hits,
             key_last_used,
+            networks,
             upstream_requests,
             upstream_known,
             upstream_errors,
@@ -346,6 +364,8 @@ impl Metrics {
         self.keys_loaded
             .set(i64::try_from(keys.len()).unwrap_or(i64::MAX));
         self.key_expiry.clear();
+        self.networks
+            .retain(&keys.keys().iter().map(Key::label_arc).collect());
         for key in keys.keys() {
             if let Some(at) = key.expires() {
                 let secs = at
@@ -379,6 +399,12 @@ impl Metrics {
                         .then(|| self.canary_hits.get_or_create_owned(&label)),
                     last_used: self.key_last_used.get_or_create_owned(&label),
                     last_second: AtomicU64::new(0),
+                    networks: self
+                        .networks
+                        .existing(&label.key)
+                        .map(std::sync::OnceLock::from)
+                        .unwrap_or_default(),
+                    label: label.key,
                 }
             })
             .collect()
@@ -396,16 +422,38 @@ impl Metrics {
         self.durations[route].observe(elapsed.as_secs_f64());
     }
 
+    /// A valid key was presented by `client`: its last-use gauge (set at
+    /// most once a second; no lock, two requests in the same second may both
+    /// set it) and its client-network sketch (made at its first use).
+    #[inline]
+    pub(crate) fn key_used(
+        &self,
+        key_counters: &[KeyCounters],
+        id: crate::keys::KeyId,
+        client: std::net::IpAddr,
+    ) {
+        let Some(c) = key_counters.get(id.index()) else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if c.last_second.load(Ordering::Relaxed) != now {
+            c.last_second.store(now, Ordering::Relaxed);
+            c.last_used.set(i64::try_from(now).unwrap_or(i64::MAX));
+        }
+        c.networks
+            .get_or_init(|| self.networks.get_or_make(&c.label))
+            .insert(client, now);
+    }
+
     /// Records what the guard decided; `ok_counters` are the per-key
     /// counters aligned with the key set that decided.
     #[inline]
     pub(crate) fn record_auth(&self, outcome: &Outcome, key_counters: &[KeyCounters]) {
         let counter = match outcome {
             Outcome::Valid(id) => match key_counters.get(id.index()) {
-                Some(c) => {
-                    c.used();
-                    &c.ok
-                }
+                Some(c) => &c.ok,
                 None => return,
             },
             Outcome::Canary(id) => {

@@ -333,3 +333,67 @@ async fn a_key_expiring_soon_gets_sunset_on_every_answer_that_admits_it() {
     assert_eq!((r.status, r.text()), (StatusCode::OK, "upstream"));
     assert_eq!(r.header("sunset"), Some(expected.as_str()));
 }
+
+/// One key used from many networks: `tokengate_key_client_networks`
+/// estimates them (the client after `--trusted-proxies`), hosts of one /24
+/// counting once.
+#[tokio::test]
+async fn the_networks_a_key_is_used_from_are_counted() {
+    use tokengate::{AppConfig, Limits, TrustedProxies};
+    let app = AppConfig {
+        trusted_proxies: TrustedProxies::parse("127.0.0.1").unwrap(),
+        ..AppConfig::default()
+    };
+    let keys = "spread-key-000001 spread\nquiet-key-0000001 quiet\nmetrics-key-000001 metrics\n";
+    let server = TestServer::with(keys_from(keys), app, Limits::default()).await;
+    for network in 0..60u32 {
+        for host in [1, 2, 3] {
+            let client = format!("198.{}.{}.{host}", 18 + network / 256, network % 256);
+            let r = send(
+                Proto::H1,
+                server.addr,
+                Method::GET,
+                "/protected",
+                &[
+                    ("x-token", "spread-key-000001"),
+                    ("x-forwarded-for", &client),
+                ],
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK);
+        }
+    }
+    let r = send(
+        Proto::H1,
+        server.addr,
+        Method::GET,
+        "/protected",
+        &[("x-token", "quiet-key-0000001")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let metrics = send(
+        Proto::H1,
+        server.addr,
+        Method::GET,
+        "/metrics",
+        &[("x-token", "metrics-key-000001")],
+    )
+    .await;
+    let value = |key: &str| -> i64 {
+        let prefix = format!("tokengate_key_client_networks{{key=\"{key}\"}} ");
+        metrics
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {prefix} in {}", metrics.text()))
+            .parse()
+            .unwrap()
+    };
+    let spread = value("spread");
+    assert!(
+        (54..=66).contains(&spread),
+        "60 networks estimated as {spread}"
+    );
+    assert_eq!(value("quiet"), 1);
+}
