@@ -406,7 +406,7 @@ impl KeySources {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use http::Method;
+    use http::{HeaderMap, HeaderName, Method};
 
     fn parse(text: &str) -> Result<KeySet, KeyError> {
         let mut keys = KeySet::new();
@@ -417,6 +417,33 @@ mod tests {
         let e = parse(text).unwrap_err();
         assert!(matches!(e, KeyError::FileLine { line: 1, .. }), "{e}");
         e.to_string()
+    }
+
+    /// `canary` is a flag after the label; where the label goes it is
+    /// refused (a key labelled `canary` would grant everything).
+    #[test]
+    fn canary_is_a_flag_never_a_label() {
+        let keys = parse("decoy-secret-long decoy canary\nreal-secret-longer real\n").unwrap();
+        assert!(keys.keys()[0].is_canary());
+        assert!(!keys.keys()[1].is_canary());
+        let keys = parse("decoy-secret-long scope=GET:/x canary\n").unwrap();
+        assert!(keys.keys()[0].is_canary());
+        assert!(
+            problem("decoy-secret-long canary\n").contains("`canary` is a flag after the label")
+        );
+        let outcome = keys.authorize(
+            &HeaderMap::from_iter([(
+                HeaderName::from_static("x-token"),
+                http::HeaderValue::from_static("decoy-secret-long"),
+            )]),
+            &HeaderName::from_static("x-token"),
+            &Method::GET,
+            "/x",
+        );
+        assert!(
+            matches!(outcome, crate::keys::Outcome::Canary(_)),
+            "{outcome:?}"
+        );
     }
 
     #[test]
