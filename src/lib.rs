@@ -38,6 +38,7 @@
 mod app;
 mod client;
 pub mod config;
+mod cors;
 mod forward_auth;
 pub mod gateway;
 mod grpc;

@@ -168,6 +168,8 @@ pub(crate) struct Compiled {
     pub ok: Prebuilt,
     /// 204 to `OPTIONS`, with `allow`.
     pub options: Prebuilt,
+    /// `allow`'s value (a CORS preflight's allowed methods).
+    pub(crate) allow: HeaderValue,
     /// 405 to other methods, with `allow`.
     pub method_not_allowed: Prebuilt,
     /// `location` of the 307 for the path with one trailing slash.
@@ -243,6 +245,7 @@ impl Router {
                         Access::Protected => responses::protected(ok),
                     },
                     options: responses::options(allow.clone()),
+                    allow: allow.clone(),
                     method_not_allowed: responses::method_not_allowed(allow),
                     redirect_to: HeaderValue::from_static(route.path),
                 }

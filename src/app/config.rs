@@ -47,6 +47,8 @@ pub struct AppConfig {
     pub grpc: Option<std::time::Duration>,
     /// `--expiry-notice`: answers to a key expiring within it carry `Sunset`.
     pub expiry_notice: std::time::Duration,
+    /// `--cors-origin`: pages from these origins may call from a browser.
+    pub cors: Option<crate::cors::CorsConfig>,
 }
 
 impl Default for AppConfig {
@@ -68,6 +70,7 @@ impl Default for AppConfig {
             admin_listener: false,
             grpc: Some(std::time::Duration::from_secs(10)),
             expiry_notice: std::time::Duration::from_secs(7 * 86_400),
+            cors: None,
         }
     }
 }

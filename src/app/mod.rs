@@ -15,6 +15,7 @@ use std::time::Instant;
 use http::{HeaderName, Method, Request, Response};
 
 use crate::client::TrustedProxies;
+use crate::cors::Cors;
 use crate::forward_auth::{self, Original};
 use crate::gateway::proxy::Gateway;
 use crate::guard::Guard;
@@ -62,6 +63,10 @@ const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// The `route` label of requests passed on to the upstream.
 pub(crate) const UPSTREAM_LABEL: &str = "upstream";
+
+/// The methods a preflight for an upstream path may use (gateway mode).
+const ANY_METHOD: http::HeaderValue =
+    http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
 
 /// The `route` label of gRPC calls.
 const GRPC_LABEL: &str = "grpc";
@@ -115,6 +120,8 @@ pub struct App {
     grpc: Option<std::time::Duration>,
     /// The route index of gRPC calls.
     grpc_route: RouteIndex,
+    /// `--cors-origin`.
+    cors: Option<Cors>,
 }
 
 impl std::fmt::Debug for App {
@@ -205,6 +212,10 @@ impl App {
             deferring: config.limits_store.redis.is_some(),
             grpc: config.grpc,
             grpc_route,
+            cors: config
+                .cors
+                .as_ref()
+                .map(|c| Cors::new(c, &config.token_header)),
         }
     }
 
@@ -233,6 +244,46 @@ impl App {
     /// the drain).
     pub(crate) fn gateway(&self) -> Option<&Arc<Gateway>> {
         self.gateway.as_ref()
+    }
+
+    /// With `--cors-origin`: the request's `Origin` if it is allowed and the
+    /// request is not a preflight (whose answer says all it needs).
+    #[inline]
+    pub(crate) fn cors_origin<B>(&self, req: &Request<B>) -> Option<http::HeaderValue> {
+        let cors = self.cors.as_ref()?;
+        if Cors::is_preflight(req.method(), req.headers()) {
+            return None;
+        }
+        cors.allowed(req.headers())
+    }
+
+    /// Gateway mode: a CORS preflight from an allowed origin, for any path,
+    /// answered here (never forwarded) and recorded.
+    pub(crate) fn preflight_any<B>(
+        &self,
+        req: &Request<B>,
+        peer: IpAddr,
+    ) -> Option<Response<Body>> {
+        let cors = self.cors.as_ref()?;
+        if !Cors::is_preflight(req.method(), req.headers()) {
+            return None;
+        }
+        let origin = cors.allowed(req.headers())?;
+        let response: Response<Body> = cors.preflight(origin, ANY_METHOD.clone());
+        self.record(self.other, &response, std::time::Duration::ZERO, || {
+            Some(Line {
+                peer,
+                client: self.trusted.client(peer, req.headers()),
+                upstream: false,
+                original: None,
+                method: req.method(),
+                path: req.uri().path(),
+                version: req.version(),
+                key: Key::None,
+                grpc: None,
+            })
+        });
+        Some(response)
     }
 
     /// `--max-header-bytes`.
@@ -313,6 +364,12 @@ impl App {
             }
         };
         let index = route.index;
+        if let Some(cors) = &self.cors
+            && Cors::is_preflight(req.method(), req.headers())
+            && let Some(origin) = cors.allowed(req.headers())
+        {
+            return answer(cors.preflight(origin, route.allow.clone()), index, None);
+        }
         if !route.route.answers(req.method()) {
             let response = if req.method() == Method::OPTIONS {
                 route.options.respond(false)

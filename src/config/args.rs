@@ -186,6 +186,21 @@ pub struct Args {
     #[arg(long, env = "TOKENGATE_EXPIRY_NOTICE", default_value = "7d", value_parser = parse_duration_or_zero, value_name = "DURATION")]
     pub expiry_notice: Duration,
 
+    /// A page from this origin (scheme://host[:port], or *) may call tokengate from a browser:
+    /// preflights answered without a key, answers readable by the page. Repeatable; the
+    /// variable takes several separated by spaces.
+    #[arg(long, env = "TOKENGATE_CORS_ORIGIN", value_name = "ORIGIN")]
+    pub cors_origin: Vec<String>,
+
+    /// How long a browser may cache a preflight's answer, in seconds.
+    #[arg(
+        long,
+        env = "TOKENGATE_CORS_MAX_AGE",
+        default_value_t = 600,
+        value_name = "SECONDS"
+    )]
+    pub cors_max_age: u32,
+
     /// Serve gRPC on the HTTP/2 listener (Envoy's ext_authz Check, its
     /// rate-limit service, gRPC health; on --admin-listen in gateway mode): on or off.
     #[arg(long, env = "TOKENGATE_GRPC", value_enum, default_value_t = Switch::On)]

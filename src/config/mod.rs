@@ -20,6 +20,7 @@ pub use args::{
 
 use crate::app::AppConfig;
 use crate::client::{BadNetwork, TrustedProxies};
+pub use crate::cors::{BadOrigin, CorsConfig};
 use crate::forward_auth::Dialect;
 use crate::gateway::upgrade::{BadProtocol, Upgrades};
 use crate::gateway::upstream::{Upstream, UpstreamError};
@@ -101,9 +102,34 @@ pub enum ConfigError {
     /// `--limits-store` is neither `memory` nor a Redis URL (never shown: it may hold a password).
     #[error("--limits-store: {0}")]
     LimitsStore(crate::limits::StoreUrlError),
+    /// A `--cors-origin` that is not an origin.
+    #[error("--cors-origin {0:?}: {1}")]
+    CorsOrigin(String, crate::cors::BadOrigin),
 }
 
 /// The gateway settings, when `--upstream` is given.
+/// `--cors-origin` (space-separated in its variable) and `--cors-max-age`.
+fn cors(args: &Args) -> Result<Option<CorsConfig>, ConfigError> {
+    let origins: Vec<String> = args
+        .cors_origin
+        .iter()
+        .flat_map(|o| o.split_whitespace())
+        .map(str::to_owned)
+        .collect();
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let max_age = std::time::Duration::from_secs(u64::from(args.cors_max_age));
+    CorsConfig::new(&origins, max_age).map(Some).map_err(|e| {
+        let bad = origins
+            .iter()
+            .find(|o| CorsConfig::new(std::slice::from_ref(o), max_age).is_err())
+            .cloned()
+            .unwrap_or_default();
+        ConfigError::CorsOrigin(bad, e)
+    })
+}
+
 fn gateway(args: &Args) -> Result<Option<GatewayConfig>, ConfigError> {
     let Some(url) = &args.upstream else {
         return Ok(None);
@@ -220,6 +246,7 @@ impl Config {
             admin_listener: args.admin_listen.is_some(),
             grpc: (args.grpc == Switch::On).then_some(args.header_read_timeout),
             expiry_notice: args.expiry_notice,
+            cors: cors(args)?,
             trusted_proxies: TrustedProxies::parse(&args.trusted_proxies)
                 .map_err(ConfigError::TrustedProxies)?
                 .reading_real_ip(args.client_address_header == ClientAddressHeader::XRealIp),

@@ -378,14 +378,16 @@ fn standalone_service(
                 call.map(|r| Ok(r.map(|body| Either::Right(body.boxed_unsync())))),
             ));
         }
+        let origin = app.cors_origin(&req);
         // The request (and its body, unread) is dropped here: hyper then
         // closes an HTTP/1 connection whose body was not consumed.
         match app.call(&req, peer_ip) {
-            Call::Ready(response) => {
-                future::Either::Left(std::future::ready(Ok(response.map(Either::Left))))
-            }
+            Call::Ready(response) => future::Either::Left(std::future::ready(Ok(cors(
+                response, origin,
+            )
+            .map(Either::Left)))),
             Call::Pending(answer) => future::Either::Right(future::Either::Left(
-                answer.map(|r| Ok(r.map(Either::Left))),
+                answer.map(|r| Ok(cors(r, origin).map(Either::Left))),
             )),
         }
     })
@@ -412,27 +414,44 @@ fn gateway_service(
     let peer = crate::gateway::headers::Peer::new(peer_ip);
     service_fn(move |req: Request<Incoming>| {
         count_request(gateway.app(), &seen, &req);
+        // A CORS preflight from an allowed origin: answered, never forwarded.
+        if let Some(preflight) = gateway.app().preflight_any(&req, peer.ip) {
+            return future::Either::Left(std::future::ready(Ok(preflight.map(Either::Left))));
+        }
+        let origin = gateway.app().cors_origin(&req);
         // Either future inline: a proxied request costs no boxed future.
         match gateway.step(&req, &peer, tls) {
-            Step::Respond(response) => {
-                future::Either::Left(std::future::ready(Ok(response.map(Either::Left))))
-            }
+            Step::Respond(response) => future::Either::Left(std::future::ready(Ok(cors(
+                response, origin,
+            )
+            .map(Either::Left)))),
             Step::Forward(forward) => future::Either::Right(future::Either::Left(
-                gateway.forward(req, forward, &peer).map(Ok),
+                gateway
+                    .forward(req, forward, &peer)
+                    .map(move |r| Ok(cors(r, origin))),
             )),
             // A limits store counts the key first (boxed: only then).
             Step::Later(answer) => future::Either::Right(future::Either::Right(Box::pin(
-                answer.map(|r| Ok(r.map(Either::Left))),
+                answer.map(move |r| Ok(cors(r, origin).map(Either::Left))),
             )
                 as Waiting)),
             Step::Ask(ask) => future::Either::Right(future::Either::Right(Box::pin(
                 Arc::clone(&gateway)
                     .after_store(req, *ask, peer.clone())
-                    .map(Ok),
+                    .map(move |r| Ok(cors(r, origin))),
             )
                 as Waiting)),
         }
     })
+}
+
+/// An answer to a page of an allowed origin (`--cors-origin`) says so.
+#[inline]
+fn cors<B>(mut response: Response<B>, origin: Option<http::HeaderValue>) -> Response<B> {
+    if let Some(origin) = origin {
+        crate::cors::Cors::decorate(&mut response, origin);
+    }
+    response
 }
 
 /// Keeps the open-connections gauge: up while the connection task lives.

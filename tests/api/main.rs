@@ -9,6 +9,7 @@
 mod support;
 
 mod auth;
+mod browser;
 mod bypass;
 mod contract;
 mod forward_auth;
