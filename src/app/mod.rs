@@ -156,12 +156,14 @@ impl App {
         if config.grpc.is_some() {
             labels.push(GRPC_LABEL);
         }
-        let metrics = Metrics::new(
+        let mut metrics = Metrics::new(
             &labels,
             access_log_dropped,
             config.limits_store.redis.is_some(),
             config.grpc.is_some(),
         );
+        let lifecycle = Arc::<Lifecycle>::default();
+        metrics.watch_phase(Arc::clone(&lifecycle));
         let openapi = config.openapi.then(|| {
             openapi::Lazy::new(
                 table,
@@ -203,7 +205,7 @@ impl App {
             token_header: config.token_header.clone(),
             openapi,
             metrics,
-            lifecycle: Arc::default(),
+            lifecycle,
             max_header_bytes: config.max_header_bytes,
             other: RouteIndex(table.len()),
             upstream_route: RouteIndex(table.len() + 1),

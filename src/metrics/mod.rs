@@ -125,6 +125,25 @@ impl std::fmt::Debug for Metrics {
 /// writer at scrape time.
 struct DroppedLines(DroppedSource);
 
+/// `tokengate_ready`: 1 while serving, 0 from the moment the drain begins
+/// (what `/readyz` says), read at scrape time.
+#[derive(Debug)]
+struct Ready(Arc<crate::lifecycle::Lifecycle>);
+
+impl Collector for Ready {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let serving = self.0.phase() == crate::lifecycle::Phase::Serving;
+        let gauge = prometheus_client::metrics::gauge::ConstGauge::new(i64::from(serving));
+        let metric = encoder.encode_descriptor(
+            "ready",
+            "1 while the server takes traffic, 0 once shutdown began (as /readyz)",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
 /// `tokengate_key_client_networks{key}`, estimated at scrape time.
 #[derive(Debug)]
 struct ClientNetworks(Arc<KeyNetworks>);
@@ -353,6 +372,11 @@ impl Metrics {
     /// The limits store's series (with a Redis store only).
     pub(crate) fn store(&self) -> Option<&StoreMetrics> {
         self.store.as_ref()
+    }
+
+    /// Reports `lifecycle`'s phase as `tokengate_ready`.
+    pub(crate) fn watch_phase(&mut self, lifecycle: Arc<crate::lifecycle::Lifecycle>) {
+        self.registry.register_collector(Box::new(Ready(lifecycle)));
     }
 
     /// The gRPC series (with gRPC on).
