@@ -186,7 +186,7 @@ pub struct Args {
     #[arg(long, env = "TOKENGATE_EXPIRY_NOTICE", default_value = "7d", value_parser = parse_duration_or_zero, value_name = "DURATION")]
     pub expiry_notice: Duration,
 
-    /// A page from this origin (scheme://host[:port], or *) may call tokengate from a browser:
+    /// A page from this origin (`scheme://host[:port]`, or `*`) may call tokengate from a browser:
     /// preflights answered without a key, answers readable by the page. Repeatable; the
     /// variable takes several separated by spaces.
     #[arg(long, env = "TOKENGATE_CORS_ORIGIN", value_name = "ORIGIN")]
