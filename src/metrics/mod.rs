@@ -5,21 +5,17 @@
 //! label sets are typed (`labels`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
-use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::keys::Outcome;
-use crate::keys::{Key, KeySet};
 use crate::limits::{LimitKind, StoreMetrics};
 use crate::routes::RouteIndex;
 use labels::{
@@ -28,33 +24,19 @@ use labels::{
 };
 use networks::KeyNetworks;
 
+mod collectors;
 mod grpc;
+mod keys;
 mod labels;
 mod networks;
 mod store;
 
+use collectors::{ClientNetworks, DroppedLines, Ready};
 pub(crate) use grpc::GrpcMetrics;
+pub(crate) use keys::KeyCounters;
 
 /// Reads the access-log writer's count of dropped lines.
 pub type DroppedSource = Arc<dyn Fn() -> u64 + Send + Sync>;
-
-/// A key's own series of `tokengate_auth_total`, resolved at each key load.
-#[derive(Debug)]
-pub(crate) struct KeyCounters {
-    /// `outcome="ok"`.
-    ok: Counter,
-    /// `outcome="rate_limited"` and `"quota_exhausted"`, for a key with limits.
-    limited: Option<[Counter; 2]>,
-    /// `tokengate_canary_hits_total{key}`, for a canary key.
-    canary: Option<Counter>,
-    /// `tokengate_key_last_used_timestamp_seconds{key}`, and the second it
-    /// was last set (set at most once a second: one atomic load otherwise).
-    last_used: Gauge,
-    last_second: AtomicU64,
-    /// The key's label, and its client-network sketch once it was used.
-    label: Arc<str>,
-    networks: networks::Slot,
-}
 
 /// Why a request to the upstream failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,71 +100,6 @@ pub struct Metrics {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics { .. }")
-    }
-}
-
-/// `tokengate_access_log_dropped_lines_total`, read from the access-log
-/// writer at scrape time.
-struct DroppedLines(DroppedSource);
-
-/// `tokengate_ready`: 1 while serving, 0 from the moment the drain begins
-/// (what `/readyz` says), read at scrape time.
-#[derive(Debug)]
-struct Ready(Arc<crate::lifecycle::Lifecycle>);
-
-impl Collector for Ready {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let serving = self.0.phase() == crate::lifecycle::Phase::Serving;
-        let gauge = prometheus_client::metrics::gauge::ConstGauge::new(i64::from(serving));
-        let metric = encoder.encode_descriptor(
-            "ready",
-            "1 while the server takes traffic, 0 once shutdown began (as /readyz)",
-            None,
-            gauge.metric_type(),
-        )?;
-        gauge.encode(metric)
-    }
-}
-
-/// `tokengate_key_client_networks{key}`, estimated at scrape time.
-#[derive(Debug)]
-struct ClientNetworks(Arc<KeyNetworks>);
-
-impl Collector for ClientNetworks {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut family = encoder.encode_descriptor(
-            "key_client_networks",
-            "Distinct client networks (/24, /48) that used each key in the last 30 to 60 minutes (HyperLogLog, about 5 % error)",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        for (key, estimate) in self.0.estimates(now) {
-            let gauge = prometheus_client::metrics::gauge::ConstGauge::new(estimate.round() as i64);
-            gauge.encode(family.encode_family(&KeyLabel { key })?)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::fmt::Debug for DroppedLines {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DroppedLines")
-    }
-}
-
-impl Collector for DroppedLines {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counter = ConstCounter::new((self.0)());
-        let metric = encoder.encode_descriptor(
-            "access_log_dropped_lines",
-            "Access-log lines dropped because the writer could not keep up",
-            None,
-            counter.metric_type(),
-        )?;
-        counter.encode(metric)
     }
 }
 
@@ -384,56 +301,6 @@ impl Metrics {
         self.grpc.as_ref()
     }
 
-    pub(crate) fn key_counters(&self, keys: &KeySet) -> Vec<KeyCounters> {
-        self.keys_loaded
-            .set(i64::try_from(keys.len()).unwrap_or(i64::MAX));
-        self.key_expiry.clear();
-        self.networks
-            .retain(&keys.keys().iter().map(Key::label_arc).collect());
-        for key in keys.keys() {
-            if let Some(at) = key.expires() {
-                let secs = at
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-                self.key_expiry
-                    .get_or_create(&KeyLabel {
-                        key: key.label_arc(),
-                    })
-                    .set(secs);
-            }
-        }
-        keys.keys()
-            .iter()
-            .map(|k| {
-                let counter = |outcome| {
-                    self.auth_family.get_or_create_owned(&AuthLabels {
-                        outcome,
-                        key: Some(k.label_arc()),
-                    })
-                };
-                let label = KeyLabel { key: k.label_arc() };
-                KeyCounters {
-                    ok: counter("ok"),
-                    limited: k
-                        .limits()
-                        .is_limited()
-                        .then(|| [counter("rate_limited"), counter("quota_exhausted")]),
-                    canary: k
-                        .is_canary()
-                        .then(|| self.canary_hits.get_or_create_owned(&label)),
-                    last_used: self.key_last_used.get_or_create_owned(&label),
-                    last_second: AtomicU64::new(0),
-                    networks: self
-                        .networks
-                        .existing(&label.key)
-                        .map(std::sync::OnceLock::from)
-                        .unwrap_or_default(),
-                    label: label.key,
-                }
-            })
-            .collect()
-    }
-
     /// Records one answered request.
     #[inline]
     pub fn record(&self, route: RouteIndex, status: StatusCode, elapsed: Duration) {
@@ -444,31 +311,6 @@ impl Metrics {
         let route = route.0.min(self.durations.len() - 1);
         self.requests[route * (STATUSES.len() + 1) + column].inc();
         self.durations[route].observe(elapsed.as_secs_f64());
-    }
-
-    /// A valid key was presented by `client`: its last-use gauge (set at
-    /// most once a second; no lock, two requests in the same second may both
-    /// set it) and its client-network sketch (made at its first use).
-    #[inline]
-    pub(crate) fn key_used(
-        &self,
-        key_counters: &[KeyCounters],
-        id: crate::keys::KeyId,
-        client: std::net::IpAddr,
-    ) {
-        let Some(c) = key_counters.get(id.index()) else {
-            return;
-        };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if c.last_second.load(Ordering::Relaxed) != now {
-            c.last_second.store(now, Ordering::Relaxed);
-            c.last_used.set(i64::try_from(now).unwrap_or(i64::MAX));
-        }
-        c.networks
-            .get_or_init(|| self.networks.get_or_make(&c.label))
-            .insert(client, now);
     }
 
     /// Records what the guard decided; `ok_counters` are the per-key
@@ -569,7 +411,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{Digest, Key, KeyId, KeySource};
+    use crate::keys::{Digest, Key, KeyId, KeySet, KeySource};
 
     #[test]
     fn exposition_has_every_family() {
