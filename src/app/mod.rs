@@ -4,6 +4,7 @@
 
 mod config;
 mod deferred;
+mod fields;
 mod gateway;
 mod grpc;
 mod record;
@@ -23,7 +24,7 @@ use crate::head::{self, HeadProblem};
 use crate::keys::KeySet;
 use crate::keys::Outcome;
 use crate::lifecycle::{Lifecycle, Phase};
-use crate::limits::{Checked, LimitKind};
+use crate::limits::LimitKind;
 use crate::metrics::{DroppedSource, Metrics};
 use crate::openapi;
 use crate::responses::{self, Body, Refusals, Responses};
@@ -33,40 +34,12 @@ use crate::routes::{
 pub use config::AppConfig;
 pub(crate) use deferred::Call;
 use deferred::Deferred;
+pub(crate) use fields::{limit_headers, sunset_header};
 pub(crate) use gateway::{GatewayService, Step};
 use record::{Key, Line};
 
-/// Adds `RateLimit-Policy` and `RateLimit` for a key with limits (replacing
-/// any already there: an upstream cannot forge them).
-#[inline]
-pub(crate) fn limit_headers<B>(response: &mut Response<B>, limit: Option<Checked>) {
-    if let Some(limit) = limit {
-        let headers = response.headers_mut();
-        headers.insert(RATELIMIT_POLICY, limit.policy);
-        headers.insert(RATELIMIT, limit.remaining);
-    }
-}
-
-/// `Sunset` (RFC 8594) for a key expiring within `--expiry-notice`.
-#[inline]
-pub(crate) fn sunset_header<B>(response: &mut Response<B>, sunset: Option<http::HeaderValue>) {
-    if let Some(at) = sunset {
-        response.headers_mut().insert(SUNSET, at);
-    }
-}
-
-const SUNSET: HeaderName = HeaderName::from_static("sunset");
-
-/// The IETF httpapi rate-limit fields (draft-ietf-httpapi-ratelimit-headers).
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
 /// The `route` label of requests passed on to the upstream.
 pub(crate) const UPSTREAM_LABEL: &str = "upstream";
-
-/// The methods a preflight for an upstream path may use (gateway mode).
-const ANY_METHOD: http::HeaderValue =
-    http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
 
 /// The `route` label of gRPC calls.
 const GRPC_LABEL: &str = "grpc";
@@ -246,46 +219,6 @@ impl App {
     /// the drain).
     pub(crate) fn gateway(&self) -> Option<&Arc<Gateway>> {
         self.gateway.as_ref()
-    }
-
-    /// With `--cors-origin`: the request's `Origin` if it is allowed and the
-    /// request is not a preflight (whose answer says all it needs).
-    #[inline]
-    pub(crate) fn cors_origin<B>(&self, req: &Request<B>) -> Option<http::HeaderValue> {
-        let cors = self.cors.as_ref()?;
-        if Cors::is_preflight(req.method(), req.headers()) {
-            return None;
-        }
-        cors.allowed(req.headers())
-    }
-
-    /// Gateway mode: a CORS preflight from an allowed origin, for any path,
-    /// answered here (never forwarded) and recorded.
-    pub(crate) fn preflight_any<B>(
-        &self,
-        req: &Request<B>,
-        peer: IpAddr,
-    ) -> Option<Response<Body>> {
-        let cors = self.cors.as_ref()?;
-        if !Cors::is_preflight(req.method(), req.headers()) {
-            return None;
-        }
-        let origin = cors.allowed(req.headers())?;
-        let response: Response<Body> = cors.preflight(origin, ANY_METHOD.clone());
-        self.record(self.other, &response, std::time::Duration::ZERO, || {
-            Some(Line {
-                peer,
-                client: self.trusted.client(peer, req.headers()),
-                upstream: false,
-                original: None,
-                method: req.method(),
-                path: req.uri().path(),
-                version: req.version(),
-                key: Key::None,
-                grpc: None,
-            })
-        });
-        Some(response)
     }
 
     /// `--max-header-bytes`.
