@@ -39,6 +39,7 @@ mod conn;
 mod deadlines;
 mod drive;
 mod io;
+mod service;
 mod streams;
 mod watchdog;
 
