@@ -74,10 +74,12 @@ pub(super) fn standalone_service(
         // The request (and its body, unread) is dropped here: hyper then
         // closes an HTTP/1 connection whose body was not consumed.
         match app.call(&req, peer_ip) {
-            Call::Ready(response) => future::Either::Left(std::future::ready(Ok(cors(
-                response, origin,
-            )
-            .map(Either::Left)))),
+            Call::Ready(mut response) => {
+                if let Some(origin) = origin {
+                    crate::cors::Cors::decorate(&mut response, origin);
+                }
+                future::Either::Left(std::future::ready(Ok(response.map(Either::Left))))
+            }
             Call::Pending(answer) => future::Either::Right(future::Either::Left(
                 answer.map(|r| Ok(cors(r, origin).map(Either::Left))),
             )),
