@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use http::{HeaderName, Request, Response};
 
 use super::App;
-use super::record::{Key, Line};
+use super::record::Line;
 use crate::cors::Cors;
 use crate::limits::Checked;
 use crate::responses::Body;
@@ -66,17 +66,11 @@ impl App {
         let origin = cors.allowed(req.headers())?;
         let response: Response<Body> = cors.preflight(origin, ANY_METHOD.clone());
         self.record(self.other, &response, std::time::Duration::ZERO, || {
-            Some(Line {
+            Some(Line::own(
                 peer,
-                client: self.trusted.client(peer, req.headers()),
-                upstream: false,
-                original: None,
-                method: req.method(),
-                path: req.uri().path(),
-                version: req.version(),
-                key: Key::None,
-                grpc: None,
-            })
+                self.trusted.client(peer, req.headers()),
+                req,
+            ))
         });
         Some(response)
     }

@@ -183,17 +183,7 @@ impl GatewayService {
         match response {
             Some(response) => {
                 app.record(app.other, &response, forward.start.elapsed(), || {
-                    Some(Line {
-                        peer: peer.ip,
-                        client: forward.client,
-                        upstream: false,
-                        original: None,
-                        method: req.method(),
-                        path: req.uri().path(),
-                        version: req.version(),
-                        key: Key::None,
-                        grpc: None,
-                    })
+                    Some(Line::own(peer.ip, forward.client, &req))
                 });
                 response.map(Either::Left)
             }

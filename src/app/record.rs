@@ -29,6 +29,23 @@ pub(super) struct Line<'a> {
     pub(super) grpc: Option<&'static str>,
 }
 
+impl<'a> Line<'a> {
+    /// The line of an answer tokengate gave itself, naming no key.
+    pub(super) fn own<B>(peer: IpAddr, client: IpAddr, req: &'a http::Request<B>) -> Self {
+        Line {
+            peer,
+            client,
+            upstream: false,
+            original: None,
+            method: req.method(),
+            path: req.uri().path(),
+            version: req.version(),
+            key: Key::None,
+            grpc: None,
+        }
+    }
+}
+
 /// The key a line names.
 pub(super) enum Key<'a> {
     None,
